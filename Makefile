@@ -1,0 +1,34 @@
+# Every target sets itself up: a fresh clone needs only python3 (3.11+) and, for the SLURM tests,
+# root to install Debian's slurm-wlm and munge.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins every package (torch 2.14.1 with torchvision 0.29.1 among them), so every
+# install resolves to the same, tested set.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/python scripts/graft_toy.py
+
+bench: install
+	$(BIN)/python scripts/bench_optim.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,524 @@
+"""Update rules: optimizers reduced to "gradients in, update tensors out".
+
+A rule owns no tensors itself. ``init`` creates the per-parameter state (kept by the caller,
+e.g. in ``Graft.state[p]``) and ``update`` turns a bucket of gradients - tensors sharing one
+param group, device, dtype and step count - into the step those parameters would take, with
+``torch._foreach_*`` ops over the whole bucket.
+
+The step is returned as ``Update(tensors, scale)`` meaning ``scale * tensors``. Rules return the
+unscaled tensors, which may alias their own state (SGD's momentum buffer) or the gradients, so a
+caller can take norms and apply the step without materialising ``scale * tensors``. Callers must
+treat both the gradients and the returned tensors as read-only. Rules never touch the weights:
+coupled (L2) weight decay enters through the gradient, decoupled weight decay is applied by the
+caller once per step (see ``Rule.decoupled_decay``).
+
+Hyperparameter names and defaults follow ``torch.optim``: ``make_rule({"name": "adam", **kw})``
+steps like ``torch.optim.Adam(**kw)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["RULES", "Rule", "TorchRule", "Update", "available", "make_rule"]
+
+
+class Update(NamedTuple):
+    """The step ``scale * tensors``; ``tensors`` may alias rule state or gradients (read-only)."""
+
+    tensors: list[Tensor]
+    scale: float
+
+
+RULES: dict[str, type[Rule]] = {}
+
+
+def available() -> list[str]:
+    """Names of the shipped update rules."""
+    return sorted(RULES)
+
+
+class Rule:
+    """Base class of update rules. Subclasses set ``name`` and ``defaults`` and implement
+    ``init`` and ``update``; they are registered by name on definition."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            RULES[cls.name] = cls
+
+    def __init__(self, **hyperparams: Any) -> None:
+        self.hyperparams = self.validate(hyperparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
+        return f"{self.name}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.hyperparams == other.hyperparams  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- hyperparameters -------------------------------------------------------------------
+    def validate(self, hyperparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill defaults and check values; raise ``ValueError`` naming the valid choices."""
+        unknown = sorted(set(hyperparams) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown hyperparameter {unknown[0]!r}; "
+                f"valid: {', '.join(sorted(self.defaults))}"
+            )
+        hp = {**self.defaults, **{k: _plain(v) for k, v in hyperparams.items()}}
+        self.check_types(hp)
+        for key in ("lr", "weight_decay", "eps", "momentum", "lr_decay"):
+            value = hp.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{self.name}: invalid {key} {value}: must be >= 0")
+        self.check(hp)
+        return hp
+
+    def check_types(self, hp: dict[str, Any]) -> None:
+        """Each value has the type of its default (ints pass for floats, never bools)."""
+        for key, default in self.defaults.items():
+            value = hp[key]
+            if isinstance(default, bool):
+                ok, expected = isinstance(value, bool), "true or false"
+            elif isinstance(default, int | float):
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                expected = "a number"
+            elif isinstance(default, tuple):
+                ok, expected = (
+                    isinstance(value, tuple) and len(value) == len(default),
+                    (f"{len(default)} values"),
+                )
+            else:
+                ok, expected = True, ""
+            if not ok:
+                raise ValueError(f"{self.name}: invalid {key} {value!r}: expected {expected}")
+
+    def check(self, hp: dict[str, Any]) -> None:
+        """Rule-specific checks of a complete hyperparameter dict."""
+
+    def decoupled_decay(self, hp: Mapping[str, Any]) -> float:
+        """Rate of the decoupled (AdamW-style) weight decay ``p *= 1 - lr * rate``, or 0."""
+        return float(hp["weight_decay"]) if hp.get("decoupled_weight_decay") else 0.0
+
+    def coupled_decay(self, hp: Mapping[str, Any]) -> float:
+        """Rate of the L2 weight decay added to the gradient, or 0."""
+        return 0.0 if hp.get("decoupled_weight_decay") else float(hp.get("weight_decay", 0.0))
+
+    def decayed_grads(self, params: list[Tensor], grads: list[Tensor], hp: Mapping) -> list[Tensor]:
+        """``grads + wd * params`` for coupled weight decay (a new list), else ``grads``."""
+        wd = self.coupled_decay(hp)
+        return torch._foreach_add(grads, params, alpha=wd) if wd else grads
+
+    # -- the rule --------------------------------------------------------------------------
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        """Fresh per-parameter state."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        hp: Mapping[str, Any],
+        step: int,
+    ) -> Update:
+        """The step for one bucket; ``step`` counts from 1 and is the same for the bucket."""
+        raise NotImplementedError
+
+
+def _plain(value: Any) -> Any:
+    """Config values (lists, OmegaConf containers) as the plain types torch.optim takes."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return value
+    return tuple(_plain(v) for v in value)
+
+
+def _inverse_times(denominators: list[Tensor], numerators: list[Tensor]) -> list[Tensor]:
+    """``numerators / denominators`` computed in the denominators' storage (no new buffer)."""
+    torch._foreach_reciprocal_(denominators)
+    torch._foreach_mul_(denominators, numerators)
+    return denominators
+
+
+def _zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+class SGD(Rule):
+    """torch.optim.SGD: heavy-ball or Nesterov momentum with dampening."""
+
+    name = "sgd"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        decoupled_weight_decay=False,
+    )
+
+    def check(self, hp: dict[str, Any]) -> None:
+        if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+            raise ValueError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        return {"momentum_buffer": _zeros(param)} if hp["momentum"] else {}
+
+    def update(self, params, grads, states, hp, step):
+        grads = self.decayed_grads(params, grads, hp)
+        momentum = hp["momentum"]
+        if not momentum:
+            return Update(grads, -hp["lr"])
+        bufs = [s["momentum_buffer"] for s in states]
+        if step == 1:  # torch starts the buffer at the first gradient, undampened
+            torch._foreach_copy_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - hp["dampening"])
+        if hp["nesterov"]:
+            return Update(torch._foreach_add(grads, bufs, alpha=momentum), -hp["lr"])
+        return Update(bufs, -hp["lr"])
+
+
+class Adam(Rule):
+    """torch.optim.Adam, including amsgrad and (``decoupled_weight_decay``) AdamW."""
+
+    name = "adam"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        decoupled_weight_decay=False,
+    )
+
+    def check(self, hp: dict[str, Any]) -> None:
+        if len(hp["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in hp["betas"]):
+            raise ValueError(f"{self.name}: invalid betas {hp['betas']}: need two values in [0, 1)")
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        state = {"exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
+        if hp["amsgrad"]:
+            state["max_exp_avg_sq"] = _zeros(param)
+        return state
+
+    def update(self, params, grads, states, hp, step):
+        beta1, beta2 = hp["betas"]
+        grads = self.decayed_grads(params, grads, hp)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        if hp["amsgrad"]:
+            second = [s["max_exp_avg_sq"] for s in states]
+            torch._foreach_maximum_(second, exp_avg_sqs)
+        else:
+            second = exp_avg_sqs
+        denom = torch._foreach_sqrt(second)
+        torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(denom, hp["eps"])
+        return Update(_inverse_times(denom, exp_avgs), -hp["lr"] / (1 - beta1**step))
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam whose weight decay (default 1e-2) is decoupled."""
+
+    name = "adamw"
+    defaults: ClassVar[dict[str, Any]] = {
+        **Adam.defaults,
+        "weight_decay": 1e-2,
+        "decoupled_weight_decay": True,
+    }
+
+
+class Adagrad(Rule):
+    """torch.optim.Adagrad, plus heavy-ball ``momentum`` on the preconditioned gradient
+    (``buf = momentum * buf + g / (sqrt(sum g^2) + eps)``; the paper runs AdaGrad with 0.9)."""
+
+    name = "adagrad"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-2,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        initial_accumulator_value=0.0,
+        eps=1e-10,
+        momentum=0.0,
+        decoupled_weight_decay=False,
+    )
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        state = {"sum": torch.full_like(param, hp["initial_accumulator_value"])}
+        if hp["momentum"]:
+            state["momentum_buffer"] = _zeros(param)
+        return state
+
+    def update(self, params, grads, states, hp, step):
+        grads = self.decayed_grads(params, grads, hp)
+        sums = [s["sum"] for s in states]
+        torch._foreach_addcmul_(sums, grads, grads, 1)
+        std = torch._foreach_sqrt(sums)
+        torch._foreach_add_(std, hp["eps"])
+        direction = _inverse_times(std, grads)
+        lr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
+        if hp["momentum"]:
+            bufs = [s["momentum_buffer"] for s in states]
+            torch._foreach_mul_(bufs, hp["momentum"])
+            torch._foreach_add_(bufs, direction)
+            return Update(bufs, -lr)
+        return Update(direction, -lr)
+
+
+class RMSprop(Rule):
+    """torch.optim.RMSprop, centered or not, with optional momentum."""
+
+    name = "rmsprop"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+        decoupled_weight_decay=False,
+    )
+
+    def check(self, hp: dict[str, Any]) -> None:
+        if not 0.0 <= hp["alpha"] <= 1.0:
+            raise ValueError(f"rmsprop: invalid alpha {hp['alpha']}: must be in [0, 1]")
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        state = {"square_avg": _zeros(param)}
+        if hp["momentum"]:
+            state["momentum_buffer"] = _zeros(param)
+        if hp["centered"]:
+            state["grad_avg"] = _zeros(param)
+        return state
+
+    def update(self, params, grads, states, hp, step):
+        alpha = hp["alpha"]
+        grads = self.decayed_grads(params, grads, hp)
+        square_avgs = [s["square_avg"] for s in states]
+        torch._foreach_mul_(square_avgs, alpha)
+        torch._foreach_addcmul_(square_avgs, grads, grads, 1 - alpha)
+        if hp["centered"]:
+            grad_avgs = [s["grad_avg"] for s in states]
+            torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, -1)
+            torch._foreach_sqrt_(avg)
+        else:
+            avg = torch._foreach_sqrt(square_avgs)
+        torch._foreach_add_(avg, hp["eps"])
+        direction = _inverse_times(avg, grads)
+        if hp["momentum"]:
+            bufs = [s["momentum_buffer"] for s in states]
+            torch._foreach_mul_(bufs, hp["momentum"])
+            torch._foreach_add_(bufs, direction)
+            return Update(bufs, -hp["lr"])
+        return Update(direction, -hp["lr"])
+
+
+class Lion(Rule):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
+    ``sign(lerp(m, g, 1 - beta1))`` steps; weight decay decoupled by default, as in the paper."""
+
+    name = "lion"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-4,
+        betas=(0.9, 0.99),
+        weight_decay=0.0,
+        decoupled_weight_decay=True,
+    )
+
+    check = Adam.check
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        return {"exp_avg": _zeros(param)}
+
+    def update(self, params, grads, states, hp, step):
+        beta1, beta2 = hp["betas"]
+        grads = self.decayed_grads(params, grads, hp)
+        exp_avgs = [s["exp_avg"] for s in states]
+        direction = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+        torch._foreach_sign_(direction)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+        return Update(direction, -hp["lr"])
+
+
+class Adafactor(Rule):
+    """torch.optim.Adafactor (Shazeer & Stern 2018 as torch implements it): factored second
+    moments over the last two dimensions, relative step size, update clipping; weight decay
+    decoupled by default, as in torch. Computed without host synchronisation."""
+
+    name = "adafactor"
+    defaults: ClassVar[dict[str, Any]] = dict(
+        lr=1e-2,
+        beta2_decay=-0.8,
+        eps=(None, 1e-3),
+        d=1.0,
+        weight_decay=0.0,
+        decoupled_weight_decay=True,
+    )
+
+    def check(self, hp: dict[str, Any]) -> None:
+        if hp["beta2_decay"] > 0:
+            raise ValueError(f"adafactor: invalid beta2_decay {hp['beta2_decay']}: must be <= 0")
+        eps1, eps2 = hp["eps"]
+        if (eps1 is not None and eps1 < 0) or eps2 < 0:
+            raise ValueError(f"adafactor: invalid eps {hp['eps']}: must be >= 0")
+        if hp["d"] < 1:
+            raise ValueError(f"adafactor: invalid d {hp['d']}: must be >= 1 (clipping threshold)")
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        if param.dim() > 1:
+            row, col = list(param.shape), list(param.shape)
+            row[-1], col[-2] = 1, 1
+            return {"row_var": param.new_zeros(row), "col_var": param.new_zeros(col)}
+        return {"variance": _zeros(param)}
+
+    def update(self, params, grads, states, hp, step):
+        eps1, eps2 = hp["eps"]
+        if eps1 is None:
+            eps1 = torch.finfo(params[0].dtype).eps
+        grads = self.decayed_grads(params, grads, hp)
+        beta2_weight = step ** hp["beta2_decay"]
+        rho = min(hp["lr"], 1 / math.sqrt(step))
+        # Shapes differ per tensor (factored statistics), so this rule loops; no .item() calls.
+        rms = torch._foreach_norm(params)
+        updates = []
+        for param, grad, state, param_norm in zip(params, grads, states, rms, strict=True):
+            if grad.dim() > 1:
+                row_var, col_var = state["row_var"], state["col_var"]
+                row_mean = torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_()
+                row_var.lerp_(row_mean.div_(grad.size(-1)), beta2_weight)
+                col_mean = torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_()
+                col_var.lerp_(col_mean.div_(grad.size(-2)), beta2_weight)
+                var = row_var @ col_var
+                var.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+            else:
+                state["variance"].lerp_(grad * grad, beta2_weight)
+                var = state["variance"].clone()
+            update = var.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
+            scale = param_norm.div(math.sqrt(param.numel())).clamp_(min=eps2).mul_(rho)
+            clip = torch.linalg.vector_norm(update).div_(math.sqrt(update.numel()) * hp["d"])
+            updates.append(update.mul_(scale.div_(clip.clamp_(min=1.0))))
+        return Update(updates, -1.0)
+
+
+_TORCH_IMPLEMENTATION_FLAGS = {"foreach", "fused", "capturable", "differentiable", "maximize"}
+
+
+class TorchRule(Rule):
+    """Any ``torch.optim.Optimizer`` class (or a partial of one) as a rule: the generic path.
+
+    Each update clones the weights, lets a throwaway instance of the optimizer step the clones
+    with the bucket's state dicts, and returns the difference. It is slower than a shipped rule
+    (two extra copies of the weights) but grafts optimizers graftbench does not ship, e.g.
+    ``torch.optim.NAdam``. The optimizer's own weight decay is part of its step.
+    """
+
+    def __init__(self, factory: Callable[..., torch.optim.Optimizer], **hyperparams: Any) -> None:
+        if isinstance(factory, functools.partial):
+            hyperparams = {**factory.keywords, **hyperparams}
+            factory = factory.func
+        if not (inspect.isclass(factory) and issubclass(factory, torch.optim.Optimizer)):
+            raise ValueError(f"not a torch.optim.Optimizer class: {factory!r}")
+        self.factory = factory
+        self.name = f"{factory.__module__}.{factory.__qualname__}"
+        signature = inspect.signature(factory.__init__).parameters.values()
+        self.defaults = {
+            p.name: p.default
+            for p in signature
+            if p.default is not inspect.Parameter.empty
+            and p.name not in _TORCH_IMPLEMENTATION_FLAGS
+        }
+        self.defaults.setdefault("lr", 1e-3)
+        super().__init__(**hyperparams)
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and self.factory is other.factory  # type: ignore[attr-defined]
+
+    def check_types(self, hp: dict[str, Any]) -> None:
+        """The optimizer's constructor checks its own arguments (see ``check``)."""
+
+    def check(self, hp: dict[str, Any]) -> None:
+        try:  # let the optimizer validate its own arguments, on a throwaway parameter
+            self.factory([torch.zeros(2, 2, requires_grad=True)], **hp)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.name}: {err}") from None
+
+    def decoupled_decay(self, hp: Mapping[str, Any]) -> float:
+        return 0.0
+
+    def decayed_grads(self, params, grads, hp):
+        return grads
+
+    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
+        return {}  # the optimizer fills it on its first step
+
+    def update(self, params, grads, states, hp, step):
+        shadows = [p.detach().clone() for p in params]
+        for shadow, grad in zip(shadows, grads, strict=True):
+            shadow.grad = grad.clone()  # some optimizers modify gradients in place
+        optimizer = self.factory(shadows, **hp)
+        for shadow, state in zip(shadows, states, strict=True):
+            optimizer.state[shadow] = state  # the optimizer updates these dicts in place
+        optimizer.step()
+        torch._foreach_sub_(shadows, params)
+        for shadow in shadows:
+            shadow.grad = None
+        return Update(shadows, 1.0)
+
+
+def make_rule(spec: Any) -> Rule:
+    """Build a rule from what a user or a config hands us.
+
+    Accepts a rule object; a rule name; a mapping with ``"name"`` plus hyperparameters (what a
+    Hydra config yields); a ``torch.optim.Optimizer`` class or ``functools.partial`` of one; or a
+    mapping whose name is a dotted path to such a class (``"torch.optim.NAdam"``).
+    """
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, Mapping):
+        hyperparams = dict(spec)
+        name = hyperparams.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(
+                f"optimizer spec needs a 'name'; choose from: {', '.join(available())}"
+            )
+        if name in RULES:
+            return RULES[name](**hyperparams)
+        if "." in name:
+            return TorchRule(_import(name), **hyperparams)
+        raise ValueError(
+            f"unknown optimizer {name!r}; choose from: {', '.join(available())} "
+            "(or a dotted path to a torch.optim.Optimizer class)"
+        )
+    if isinstance(spec, functools.partial) or inspect.isclass(spec):
+        return TorchRule(spec)
+    raise ValueError(f"cannot build an update rule from {spec!r}")
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise ValueError(f"cannot import optimizer class {path!r}") from None

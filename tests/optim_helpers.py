@@ -1,0 +1,57 @@
+"""A small model with every kind of tensor a real one has (conv, norm, bias, linear), trained on a
+fixed batch, so that optimizer trajectories can be compared step for step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),  # BN follows: a bias would get only noise
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+    )
+
+
+def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 3, 8, 8, generator=generator), torch.randint(
+        0, 10, (32,), generator=generator
+    )
+
+
+def train(
+    model: nn.Module,
+    optimizer,
+    steps: int,
+    before_step: Callable[[], None] | None = None,
+    scheduler=None,
+) -> list[float]:
+    """Run ``steps`` full-batch steps; returns the losses."""
+    x, y = batch()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, **tolerance) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}: {m}", **tolerance)
