@@ -1,5 +1,6 @@
 """The run directory: the contract between training and everything after it.
 
+    results/<sweep>/sweep.json          the sweep manifest (see ``SWEEP``)
     results/<sweep>/<run-id>/
         config.yaml     the resolved run config (plus ``schema_version``)
         run.json        identity, provenance and live status (see ``RUN_FIELDS``)
@@ -18,6 +19,11 @@ reporting code turns that into a marked cell, never a crash.
 ``total_steps``, ``epoch``, ``created_at``/``started_at``/``ended_at``/``heartbeat_at`` (ISO 8601
 UTC), ``error``, ``diverged_step``, ``host``, ``pid``, ``slurm`` (job id, array task), ``git``
 (sha, dirty), ``versions``, ``hardware``.
+
+``sweep.json`` fields: ``name``, ``created_at``, ``base_overrides`` (applied to every run),
+``grid`` (swept key -> list of values), ``config_hash`` (of the grid definition), and ``runs``: a
+list of ``{run_id, overrides, magnitude, direction, seed}``, one per grid point, in grid order.
+A run directory without a manifest around it (a single ``graftbench train``) is still complete.
 
 ``summary.json`` fields: ``run_id``, ``magnitude``, ``direction``, ``seed``, ``task``,
 ``status``, ``steps``, ``epochs``, ``wall_time_s``, ``final`` and ``best`` (metric name ->
@@ -41,6 +47,7 @@ from filelock import FileLock
 
 SCHEMA_VERSION = 1
 
+SWEEP = "sweep.json"
 CONFIG = "config.yaml"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
