@@ -1,0 +1,3 @@
+from graftbench.cli import main
+
+main()

@@ -1,0 +1,328 @@
+"""The training loop for one run: a task, a Graft optimizer, a schedule, and the bookkeeping
+that makes the run trustworthy (exact resume, divergence detection, preemption).
+
+Each optimizer step consumes ``task.batches()``' micro-batches for this process; the task's
+loss returns a *sum* over samples (or tokens) and a count. The engine all-reduces
+``[loss sum, count, stop flag]`` once per step and scales the gradients by
+``world_size / total count``, so the step follows the mean loss of the whole global batch
+however it is split over devices and accumulation (1 process × 2 micro-batches equals 2
+processes × 1 to round-off). The same all-reduce carries the stop flag set by SIGTERM/SIGUSR1,
+so every process stops at the same step.
+
+The host reads device values only at logging steps (every step on CPU, where it costs
+nothing): that one synchronisation gives the logged loss, throughput, the divergence check (a
+non-finite loss marks the run diverged at its first bad step) and the stop decision.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from graftbench import rundir
+from graftbench.optim import Graft
+from graftbench.optim.schedules import make_schedule, make_scheduler
+from graftbench.train import checkpoint
+from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum
+from graftbench.train.logging import RunLogger
+from graftbench.train.tasks import Task, make_task
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class Outcome:
+    """How a run's training ended."""
+
+    step: int
+    epochs: float
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    diverged_step: int | None = None
+    interrupted: bool = False
+    wall_time_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str, dist: Dist) -> None:
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        trainer = cfg.trainer
+        _configure_backends(trainer, dist.device)
+        checkpoint.seed_everything(cfg.seed)  # the same initial weights on every process
+        self.task: Task = make_task(cfg, dist)
+        model = self.task.model.to(dist.device)
+        if trainer.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.module = model
+        self.optimizer = Graft(
+            _param_groups(model, cfg),
+            OmegaConf.to_container(cfg.magnitude),
+            OmegaConf.to_container(cfg.direction),
+            granularity=cfg.graft.granularity,
+            eps=cfg.graft.eps,
+        )
+        self.steps_per_epoch = self.task.steps_per_epoch
+        self.total_steps = trainer.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, trainer.max_steps or self.total_steps)
+        schedule = make_schedule(
+            OmegaConf.to_container(cfg.schedule),
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        self.scheduler = make_scheduler(self.optimizer, schedule)
+        if dist.distributed:
+            model = DistributedDataParallel(
+                model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None
+            )
+        self.model = torch.compile(model) if trainer.compile else model
+        self.autocast = (
+            torch.autocast(dist.device.type, dtype=torch.bfloat16)
+            if trainer.precision == "bf16"
+            else nullcontext()
+        )
+        self.logger = RunLogger(cfg, run_dir, run_id, main=dist.main)
+        self.ckpt_path = run_dir / rundir.CKPT / checkpoint.LAST
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.elapsed = 0.0
+        self.stop_signal: int | None = None
+        self.diverged_step: int | None = None
+        self.started = time.perf_counter()
+        checkpoint.seed_everything(cfg.seed + 1_000_003 * dist.rank)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def fit(self) -> Outcome:
+        if self.ckpt_path.exists():
+            self._restore()
+        self.started = time.perf_counter() - self.elapsed
+        previous = {s: signal.signal(s, self._request_stop) for s in STOP_SIGNALS}
+        self.logger.start(f"{self.optimizer.label} seed {self.cfg.seed}", self.last_step, self.step)
+        try:
+            return self._loop()
+        finally:
+            self.logger.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
+
+    def _loop(self) -> Outcome:
+        trainer = self.cfg.trainer
+        window = _Window(time.perf_counter())
+        while self.step < self.last_step:
+            for micro_batches in self.task.batches(self.epoch, self.step_in_epoch):
+                window.add(self._train_step(micro_batches))
+                self.step += 1
+                self.step_in_epoch += 1
+                at_log = self.step % trainer.log_every_steps == 0 or self.step == self.last_step
+                if at_log or self.dist.device.type == "cpu":  # on CPU a sync costs nothing
+                    verdict = self._sync(window, log=at_log)
+                    if verdict is not None:
+                        return self._finish(verdict)
+                if self._due(trainer.layer_log_every_steps):
+                    self._log_layers()
+                if self._due(trainer.checkpoint_every_steps):
+                    self._save()
+                if self.step_in_epoch == self.steps_per_epoch:
+                    self._end_epoch()
+                    break
+                if self.step >= self.last_step:
+                    break
+            else:
+                raise RuntimeError(
+                    f"the task's epoch {self.epoch} ended after {self.step_in_epoch} of "
+                    f"{self.steps_per_epoch} steps"
+                )
+        if self.last_eval.get("step") != self.step:
+            self._evaluate()
+        self._save()
+        return self._outcome()
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.epoch % max(1, self.cfg.trainer.eval_every_epochs) == 0:
+            self._evaluate()
+        self._save()
+
+    def _due(self, every: int | None) -> bool:
+        return bool(every) and self.step % every == 0
+
+    # -- one step --------------------------------------------------------------------------
+    def _train_step(self, micro_batches: list[Any]) -> torch.Tensor:
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.dist.device)
+        count = torch.zeros((), device=self.dist.device)
+        last = len(micro_batches) - 1
+        for index, batch in enumerate(micro_batches):
+            batch = self.task.to_device(batch, self.dist.device, self.cfg.trainer.channels_last)
+            sync = (
+                self.model.no_sync()
+                if self.dist.distributed and index < last and hasattr(self.model, "no_sync")
+                else nullcontext()
+            )
+            with sync:
+                with self.autocast:
+                    batch_loss, batch_count = self.task.loss(self.model, batch)
+                batch_loss.backward()
+            loss_sum += batch_loss.detach().float()
+            count += batch_count
+        stop = torch.tensor(float(self.stop_signal is not None), device=count.device)
+        stats = torch.stack([loss_sum, count, stop])
+        all_reduce_sum(stats, self.dist)
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, self.dist.world_size / stats[1])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def _sync(self, window: _Window, *, log: bool) -> str | None:
+        """Read the window's statistics on the host: log, and decide whether to stop."""
+        values = torch.stack(window.stats).cpu()
+        losses = values[:, 0] / values[:, 1]
+        first_step = self.step - len(window.stats) + 1
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            self.diverged_step = first_step + int(bad[0])
+            return "diverged"
+        if log:
+            now = time.perf_counter()
+            seconds = now - window.start
+            samples = float(values[:, 1].sum())
+            record = {
+                "step": self.step,
+                "epoch": self.step / self.steps_per_epoch,
+                "loss": float(losses.mean()),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": samples / seconds,
+                "step_time_s": seconds / len(window.stats),
+                "graft": self.optimizer.correction_summary(),
+            }
+            self.logger.log("train", record)
+            self.logger.advance(self.step, f"loss {record['loss']:.4f}")
+            window.reset(now)
+        else:
+            window.stats.clear()
+        if float(values[-1, 2]) > 0:
+            return "interrupted"
+        return None
+
+    def _log_layers(self) -> None:
+        correction = self.optimizer.correction()
+        if correction:
+            ratios = {name: v["ratio"] for name, v in correction.items()}
+            self.logger.log("layers", {"step": self.step, "ratio": ratios})
+
+    def _evaluate(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = self.task.evaluate(self.model, self.dist)
+        self.last_eval = {"step": self.step, **metrics}
+        self.logger.log(
+            "eval", {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
+        )
+        for name, value in metrics.items():
+            better = min if name == "loss" else max
+            self.best[name] = better(self.best.get(name, value), value)
+
+    # -- endings ---------------------------------------------------------------------------
+    def _finish(self, verdict: str) -> Outcome:
+        if verdict == "interrupted":
+            self._save()
+        outcome = self._outcome()
+        outcome.interrupted = verdict == "interrupted"
+        outcome.diverged_step = self.diverged_step
+        return outcome
+
+    def _outcome(self) -> Outcome:
+        final = {k: v for k, v in self.last_eval.items() if k != "step"}
+        return Outcome(
+            step=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            final=final,
+            best=dict(self.best),
+            wall_time_s=time.perf_counter() - self.started,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _save(self) -> None:
+        rng = all_gather_objects(checkpoint.rng_state(), self.dist)
+        if not self.dist.main:
+            return
+        checkpoint.save(
+            self.ckpt_path,
+            {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "step": self.step,
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "best": self.best,
+                "last_eval": self.last_eval,
+                "elapsed": time.perf_counter() - self.started,
+            },
+        )
+
+    def _restore(self) -> None:
+        state = checkpoint.load(self.ckpt_path)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.best, self.last_eval = dict(state["best"]), dict(state["last_eval"])
+        self.elapsed = state["elapsed"]
+        if self.dist.main:  # drop what the interrupted attempt logged after its checkpoint
+            rundir.rewrite_jsonl(self.run_dir / rundir.METRICS, lambda r: r["step"] <= self.step)
+        if len(state["rng"]) == self.dist.world_size:
+            checkpoint.set_rng_state(state["rng"][self.dist.rank])
+
+
+class _Window:
+    """Per-step statistics since the host last looked."""
+
+    def __init__(self, start: float) -> None:
+        self.stats: list[torch.Tensor] = []
+        self.start = start
+
+    def add(self, stats: torch.Tensor) -> None:
+        self.stats.append(stats)
+
+    def reset(self, start: float) -> None:
+        self.stats.clear()
+        self.start = start
+
+
+def _param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.graft.decay_1d_params:
+        return [{"params": named}]
+    return [
+        {"params": [(n, p) for n, p in named if p.dim() > 1]},
+        {"params": [(n, p) for n, p in named if p.dim() <= 1], "weight_decay": 0.0},
+    ]
+
+
+def _configure_backends(trainer: DictConfig, device: torch.device) -> None:
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
