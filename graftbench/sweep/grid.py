@@ -1,0 +1,245 @@
+"""Expand a sweep into runs: the cartesian product of its axes, each point a resolved config.
+
+Axes come from the config's ``sweep.grid`` (``magnitude: [sgd, adam, adagrad]``) and from comma
+lists on the command line (``seed=0,1,2``, any Hydra sweep syntax), the command line winning
+for a key both name; a plain ``key=value`` pins a key the config sweeps. Any config key can be
+an axis.
+
+Speed: Hydra composes once per combination of config-group choices (``magnitude``,
+``direction``, ``model``, ...); each point then patches that resolved config with its values.
+Only when a swept key feeds an interpolation (``peak_lr.sgd``) is each point resolved by
+OmegaConf again. Either way a point's config - and so its run id - is exactly what
+``graftbench train`` with the same overrides would get.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf
+
+from graftbench import config
+from graftbench.errors import UserError
+
+_SIMPLE = re.compile(r"^[\w.:/+-]+$")
+_INTERPOLATION = re.compile(r"\$\{(?:oc\.select:)?([\w.]+)")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid point."""
+
+    run_id: str
+    overrides: tuple[str, ...]  # base + point, as a user would type them for `graftbench train`
+    point: dict[str, Any]  # the swept keys' values
+    config: dict[str, Any] = field(repr=False)  # the resolved run config
+
+    @property
+    def magnitude(self) -> str:
+        return config.short_name(self.config["magnitude"]["name"])
+
+    @property
+    def direction(self) -> str:
+        return config.short_name(self.config["direction"]["name"])
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    base: tuple[str, ...]
+    axes: dict[str, list[Any]]
+    runs: list[RunSpec]
+    estimate_device_hours: float | None = None
+
+
+def expand(overrides: Sequence[str]) -> Grid:
+    """The grid these command-line overrides describe (plus the config's ``sweep.grid``)."""
+    parsed = config.parse(overrides)
+    base = [o.input_line for o in parsed if not o.is_sweep_override()]
+    pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
+    cli_axes = {o.key_or_group: _values(o) for o in parsed if o.is_sweep_override()}
+    base_cfg = config.compose_unresolved(base)
+    axes: dict[str, list[Any]] = {}
+    for key, values in (OmegaConf.to_container(base_cfg.sweep.grid) or {}).items():
+        if key not in pinned:
+            axes[key] = list(values) if isinstance(values, list) else [values]
+    axes.update(cli_axes)
+    for key, values in axes.items():
+        if not values:
+            raise UserError(f"the sweep axis {key!r} has no values")
+    group_axes = {k: v for k, v in axes.items() if config.is_group(k)}
+    value_axes = {k: v for k, v in axes.items() if not config.is_group(k)}
+
+    runs_by_point: dict[tuple, RunSpec] = {}
+    for choice, combo in _combos(base, group_axes):
+        prefix = base + [_override(k, v) for k, v in choice.items()]
+        for point, spec in _points(combo, prefix, _checked_axes(combo, value_axes)):
+            full = {**choice, **point}
+            runs_by_point[_key(full)] = RunSpec(
+                spec["run_id"], spec["overrides"], full, spec["config"]
+            )
+    ordered = [runs_by_point[_key(p)] for p in _product(axes)]
+    ids = [r.run_id for r in ordered]
+    if len(set(ids)) != len(ids):
+        raise UserError("the sweep has duplicate points (an axis repeats a value)")
+    name = str(OmegaConf.select(base_cfg, "sweep.name"))
+    estimate = OmegaConf.select(base_cfg, "sweep.device_hours_per_run", default=None)
+    hours = None if estimate is None else float(estimate) * len(ordered)
+    return Grid(name, tuple(base), axes, ordered, hours)
+
+
+def _combos(
+    base: list[str], group_axes: dict[str, list[Any]]
+) -> Iterable[tuple[dict[str, Any], DictConfig]]:
+    """Each combination of group choices with its composed (unresolved) config.
+
+    ``magnitude`` and ``direction`` each only fill their own subtree, so composing ``(X, X)``
+    once per optimizer name X gives every pair's subtrees: 3 compositions for a 3×3 grid, not 9.
+    """
+    roles = {k: v for k, v in group_axes.items() if k in config.ROLES}
+    others = {k: v for k, v in group_axes.items() if k not in config.ROLES}
+    for other in _product(others):
+        prefix = base + [_override(k, v) for k, v in other.items()]
+        names = list(dict.fromkeys(name for values in roles.values() for name in values))
+        by_name = {
+            name: config.compose_unresolved(prefix + [_override(r, name) for r in roles])
+            for name in names
+        }
+        reference = next(iter(by_name.values()), None)
+        if reference is not None and any(
+            _outside_roles(c) != _outside_roles(reference) for c in by_name.values()
+        ):
+            by_name = {}  # an optimizer config reaches outside its role: compose every pair
+        for role_choice in _product(roles):
+            choice = {**other, **role_choice}
+            if not roles:
+                yield choice, config.compose_unresolved(prefix)
+            elif not by_name:
+                yield (
+                    choice,
+                    config.compose_unresolved(
+                        prefix + [_override(r, n) for r, n in role_choice.items()]
+                    ),
+                )
+            else:
+                combo = copy.deepcopy(reference)
+                for role, name in role_choice.items():
+                    combo[role] = copy.deepcopy(by_name[name][role])
+                yield choice, combo
+
+
+def _outside_roles(cfg: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(cfg, resolve=False)
+    return {k: v for k, v in container.items() if k not in config.ROLES}
+
+
+def _key(point: dict[str, Any]) -> tuple:
+    return tuple((k, repr(v)) for k, v in sorted(point.items()))
+
+
+def _product(axes: dict[str, list[Any]]) -> Iterable[dict[str, Any]]:
+    keys = list(axes)
+    for values in itertools.product(*(axes[k] for k in keys)):
+        yield dict(zip(keys, values, strict=True))
+
+
+def _values(override: Override) -> list[Any]:
+    """A sweep override's values, typed as Hydra parses them (``1`` int, ``0.1`` float)."""
+    return list(override.sweep_iterator())
+
+
+def _override(key: str, value: Any) -> str:
+    """``key=value`` in Hydra's syntax, quoting what needs it."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | float):
+        text = repr(value)
+    elif isinstance(value, str) and _SIMPLE.match(value):
+        text = value
+    elif isinstance(value, str):
+        text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    else:
+        raise UserError(f"sweep axis {key!r}: unsupported value {value!r}")
+    return f"{key}={text}"
+
+
+def _checked_axes(combo: DictConfig, value_axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Each value against the composed config: the key exists and the type fits."""
+    for key, values in value_axes.items():
+        config.check_key_value(combo, key, *values)
+    return value_axes
+
+
+def _points(
+    combo: DictConfig, prefix: list[str], axes: dict[str, list[Any]]
+) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
+    sources = _interpolation_sources(combo)
+    fast = not any(_related(key, source) for key in axes for source in sources)
+    plain_direction = OmegaConf.select(combo, "direction") is None
+    recheck = any(_related(key, checked) for key in axes for checked in config.CHECKED)
+    if fast:
+        resolved = config.plain(config.finalize(combo))
+        known = config.Encoded(config.identity(resolved))
+    for point in _product(axes):
+        overrides = tuple(prefix + [_override(k, v) for k, v in point.items()])
+        if fast:
+            container = _patched(resolved, point)
+            if plain_direction and any(_related(k, "magnitude") for k in point):
+                container["direction"] = dict(container["magnitude"])
+            if recheck:
+                config.check_run(container)
+            run_id = config.run_id(container, known)
+        else:
+            cfg = copy.deepcopy(combo)
+            for key, value in point.items():
+                OmegaConf.update(cfg, key, value, force_add=True)
+            container = config.plain(config.finalize(cfg))
+            run_id = config.run_id(container)
+        yield point, {"run_id": run_id, "overrides": overrides, "config": container}
+
+
+def _interpolation_sources(cfg: DictConfig) -> set[str]:
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            found.update(_INTERPOLATION.findall(node))
+
+    walk(raw)
+    return found
+
+
+def _related(key: str, source: str) -> bool:
+    return key == source or source.startswith(key + ".") or key.startswith(source + ".")
+
+
+def _patched(resolved: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``resolved`` with ``point``'s dotted keys set (copying only the paths)."""
+    out = dict(resolved)
+    for dotted, value in point.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[leaf] = value
+    return out

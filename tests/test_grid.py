@@ -1,0 +1,83 @@
+"""Grid expansion: the product of the axes, each point exactly what `graftbench train` with the
+same overrides would run."""
+
+from __future__ import annotations
+
+import pytest
+
+from graftbench import config
+from graftbench.errors import UserError
+from graftbench.sweep.grid import expand
+
+
+def assert_points_match_compose(grid, sample=None):
+    runs = grid.runs if sample is None else grid.runs[::sample]
+    for run in runs:
+        composed = config.compose(list(run.overrides))
+        assert config.plain(composed) == run.config, run.overrides
+        assert config.run_id(composed) == run.run_id
+
+
+def test_default_grid_is_the_papers_3x3_on_the_demo():
+    grid = expand([])
+    assert grid.name == "demo"
+    assert [(r.magnitude, r.direction) for r in grid.runs] == [
+        (m, d) for m in ("sgd", "adam", "adagrad") for d in ("sgd", "adam", "adagrad")
+    ]
+    assert {r.seed for r in grid.runs} == {0}
+    assert grid.runs[1].run_id.startswith("sgd+adam-s0-")
+    assert_points_match_compose(grid)
+
+
+def test_comma_lists_expand_to_the_cartesian_product():
+    grid = expand(
+        ["magnitude=sgd,adam", "direction=adagrad,adam", "seed=0,1,2", "schedule.warmup_epochs=2,5"]
+    )
+    assert len(grid.runs) == 2 * 2 * 3 * 2
+    assert len({r.run_id for r in grid.runs}) == len(grid.runs)
+    assert grid.runs[0].point == {
+        "magnitude": "sgd",
+        "direction": "adagrad",
+        "seed": 0,
+        "schedule.warmup_epochs": 2,
+    }
+    assert_points_match_compose(grid, sample=5)
+
+
+def test_plain_override_pins_a_key_the_config_sweeps():
+    grid = expand(["magnitude=adam", "seed=7"])
+    assert [r.direction for r in grid.runs] == ["sgd", "adam", "adagrad"]
+    assert {(r.magnitude, r.seed) for r in grid.runs} == {("adam", 7)}
+
+
+def test_swept_interpolation_source_is_resolved_per_point():
+    # peak_lr.sgd feeds conf/optim/sgd.yaml's lr through an interpolation
+    grid = expand(["magnitude=sgd", "direction=sgd", "peak_lr.sgd=0.5,0.6", "seed=0"])
+    assert [r.config["magnitude"]["lr"] for r in grid.runs] == [0.5, 0.6]
+    assert_points_match_compose(grid)
+
+
+def test_plain_direction_follows_a_swept_magnitude():
+    grid = expand(["direction=null", "magnitude=adam", "magnitude.lr=0.3,0.4", "seed=0"])
+    assert [r.config["direction"]["lr"] for r in grid.runs] == [0.3, 0.4]
+    assert_points_match_compose(grid)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.epoch=1,2"], "unknown key 'trainer.epoch'; did you mean 'epochs'"),
+        (["magnitude=sgd,adm"], "unknown optimizer for magnitude 'adm'"),
+        (["trainer.epochs=1,x"], "trainer.epochs: expected an integer, got 'x'"),
+        (["sweep.grid.seed=[]"], "the sweep axis 'seed' has no values"),
+        (["seed=1,1"], "duplicate points"),
+    ],
+)
+def test_bad_grids_are_refused_before_anything_runs(overrides, message):
+    with pytest.raises(UserError, match=message):
+        expand(overrides)
+
+
+def test_estimate_totals_device_hours():
+    grid = expand(["sweep.device_hours_per_run=2.5"])
+    assert grid.estimate_device_hours == pytest.approx(9 * 2.5)
