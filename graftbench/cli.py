@@ -66,6 +66,139 @@ def train(
     raise typer.Exit(code)
 
 
+@app.command()
+def sweep(
+    overrides: Overrides = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the runs (and device-hours); launch nothing.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Also rerun runs that failed.")
+    ] = False,
+    extend: Annotated[
+        bool, typer.Option("--extend", help="Add this grid's runs to an existing sweep.")
+    ] = False,
+) -> None:
+    """Run the M×D grid (default: the 3×3 demo). Comma lists sweep any key: seed=0,1,2."""
+    from graftbench.sweep import plan as planning
+    from graftbench.sweep.grid import expand
+    from graftbench.sweep.launchers import LocalLauncher
+    from graftbench.sweep.monitor import monitor_for
+
+    grid = expand(overrides or [])
+    if dry_run:
+        _print_grid(grid)
+        return
+    plan = planning.plan(grid, retry_failed=retry_failed, extend=extend)
+    for reason, run_ids in plan.skipped.items():
+        typer.echo(f"skipping {len(run_ids)} run(s): {reason}")
+    launcher_cfg = grid.runs[0].config["launcher"]
+    codes: dict[Path, int] = {}
+    if plan.launch:
+        typer.echo(f"launching {len(plan.launch)} run(s) in {plan.sweep_dir}")
+        monitor = monitor_for(len(plan.launch))
+        try:
+            launcher = LocalLauncher(launcher_cfg["max_parallel"], launcher_cfg["gpus_per_run"])
+            codes = launcher.launch(plan.launch, monitor)
+        finally:
+            monitor.close()
+    _print_status(plan.sweep_dir)
+    failed = [d.name for d, code in codes.items() if code not in (0, 3, 75)]
+    if failed:
+        typer.echo(f"{len(failed)} run(s) failed; their logs: <run dir>/train.log", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until every run ends.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 5.0,
+) -> None:
+    """A table of the sweep's runs: state, progress, latest metric, SLURM job, elapsed."""
+    if not watch:
+        _print_status(sweep_dir)
+        return
+    import time
+
+    from rich.live import Live
+
+    from graftbench.sweep.status import collect
+
+    with Live(_status_table(collect(sweep_dir)), auto_refresh=False) as live:
+        while True:
+            states = collect(sweep_dir)
+            live.update(_status_table(states), refresh=True)
+            if all(s.status in ("done", "diverged", "failed") for s in states):
+                break
+            time.sleep(interval)
+
+
+def _print_grid(grid) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {grid.name}: {len(grid.runs)} runs")
+    keys = list(grid.axes)
+    for column in ["run id", *keys]:
+        table.add_column(column)
+    for run in grid.runs:
+        table.add_row(run.run_id, *(str(run.point.get(k)) for k in keys))
+    console = Console()
+    console.print(table)
+    if grid.estimate_device_hours is not None:
+        console.print(f"estimated total: {grid.estimate_device_hours:,.1f} device-hours")
+
+
+def _status_table(states):
+    from rich.table import Table
+
+    from graftbench.sweep.status import counts
+
+    table = Table(caption=", ".join(f"{n} {s}" for s, n in sorted(counts(states).items())))
+    for column in (
+        "run id",
+        "M",
+        "D",
+        "seed",
+        "state",
+        "progress",
+        "latest",
+        "SLURM job",
+        "elapsed",
+    ):
+        table.add_column(column)
+    for s in states:
+        progress = "" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
+        elapsed = "" if s.elapsed_s is None else _duration(s.elapsed_s)
+        table.add_row(
+            s.run_id,
+            s.magnitude or "",
+            s.direction or "",
+            str(s.seed or 0),
+            s.status,
+            progress,
+            s.metric or s.problem or "",
+            s.slurm_job or "",
+            elapsed,
+        )
+    return table
+
+
+def _print_status(sweep_dir: Path) -> None:
+    from rich.console import Console
+
+    from graftbench.sweep.status import collect
+
+    Console(width=200).print(_status_table(collect(sweep_dir)))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit code 2."""
     try:

@@ -102,7 +102,10 @@ def execute(run_dir: Path) -> int:
         if dist.main:
             rundir.update_json(run_json, lambda r: _started(r, dist.world_size))
         try:
-            outcome = Engine(cfg, run_dir, config.run_id(cfg), dist).fit()
+            engine = Engine(cfg, run_dir, config.run_id(cfg), dist)
+            if dist.main:
+                rundir.update_json(run_json, lambda r: {**r, "total_steps": engine.last_step})
+            outcome = engine.fit()
         except UserError as err:
             if dist.main:
                 _end(run_dir, Status.FAILED, error=str(err))
