@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -33,20 +35,27 @@ def small_resnet_params(depth: int, width: int, num_classes: int, in_channels: i
     return total + 4 * width * num_classes + num_classes
 
 
-def test_resnet50_matches_torchvision_parameter_count():
+@pytest.fixture(scope="module")
+def default_resnet50() -> nn.Module:
+    """Built once (initializing 25M parameters is the slow part); tests must not modify it."""
+    return resnet50()
+
+
+def test_resnet50_matches_torchvision_parameter_count(default_resnet50):
     expected = ResNet50_Weights.IMAGENET1K_V1.meta["num_params"]
     assert expected == 25_557_032
-    assert n_params(resnet50()) == expected
+    assert n_params(default_resnet50) == expected
+    blocks = [m for m in default_resnet50.modules() if isinstance(m, Bottleneck)]
+    assert all(torch.all(b.bn3.weight == 1) for b in blocks)
+
+
+def test_resnet50_options_set_classes_and_zero_init_the_last_bn_of_every_block():
+    model = resnet50(num_classes=10, zero_init_residual=True)
     fc_in = 2048
-    assert n_params(resnet50(num_classes=10)) == expected - (1000 - 10) * (fc_in + 1)
-
-
-def test_resnet50_zero_init_residual_zeroes_last_bn_of_every_block():
-    blocks = [m for m in resnet50(zero_init_residual=True).modules() if isinstance(m, Bottleneck)]
+    assert n_params(model) == 25_557_032 - (1000 - 10) * (fc_in + 1)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
     assert len(blocks) == 16
     assert all(torch.all(b.bn3.weight == 0) for b in blocks)
-    default = [m for m in resnet50().modules() if isinstance(m, Bottleneck)]
-    assert all(torch.all(b.bn3.weight == 1) for b in default)
 
 
 @pytest.mark.parametrize(
@@ -98,12 +107,13 @@ def test_small_resnet_rejects_depths_that_are_not_6n_plus_2(depth):
         (lambda: resnet_small(depth=8, in_channels=1), (4, 1, 8, 8), False),
         (lambda: resnet_small(depth=8, in_channels=1), (4, 1, 8, 8), True),
         (lambda: resnet_small(depth=8), (4, 3, 32, 32), True),
-        (lambda: resnet50(num_classes=10), (2, 3, 64, 64), True),
+        ("resnet50", (2, 3, 64, 64), True),
     ],
 )
-def test_channels_last_forward_equals_contiguous_forward(build, shape, train):
+def test_channels_last_forward_equals_contiguous_forward(build, shape, train, default_resnet50):
     torch.manual_seed(0)
-    model = build().train(train)
+    model = copy.deepcopy(default_resnet50) if build == "resnet50" else build()
+    model.train(train)
     x = torch.randn(shape)
     expected = model(x)
     model = model.to(memory_format=torch.channels_last)
