@@ -60,6 +60,7 @@ NOT_IDENTITY = (
     "launcher",
     "logger",
     "data.root",
+    "data.source.root",
     "data.workers",
     "data.pin_memory",
     "data.persistent_workers",

@@ -149,3 +149,44 @@ def test_loader_rejects_a_start_batch_past_the_epoch():
     loader = make_loader(TensorDataset(torch.arange(10)), 4, train=True, seed=0)
     with pytest.raises(ValueError, match="start_batch 3"):
         loader.set_epoch(0, 3)
+
+
+@pytest.mark.parametrize(("size", "per_device", "accumulation"), [(100, 4, 2), (37, 3, 2)])
+def test_block_sharding_makes_micro_batches_independent_of_the_device_split(
+    size, per_device, accumulation
+):
+    """A global batch of per_device × accumulation × 2 samples: 1 rank accumulating twice as
+    many micro-batches sees exactly the micro-batches 2 ranks see between them."""
+    devices = 2
+
+    def micro_batches(world_size, accum):
+        shards = [
+            list(
+                ShardedSampler(
+                    size,
+                    world_size=world_size,
+                    rank=r,
+                    seed=3,
+                    drop_last=True,
+                    block=per_device * accum,
+                )
+            )
+            for r in range(world_size)
+        ]
+        steps = len(shards[0]) // (per_device * accum)
+        out = []
+        for step in range(steps):
+            for r in range(world_size):  # rank-major, then accumulation step
+                for j in range(accum):
+                    start = (step * accum + j) * per_device
+                    out.append(shards[r][start : start + per_device])
+        return out
+
+    one = micro_batches(1, accumulation * devices)
+    two = micro_batches(devices, accumulation)
+    assert one == two and len(one) > 0
+    flat = [i for batch in one for i in batch]
+    assert len(flat) == len(set(flat))  # no sample twice in an epoch
+    assert len(flat) == size // (per_device * accumulation * devices) * (
+        per_device * accumulation * devices
+    )

@@ -9,6 +9,12 @@ differences:
   run seed 1 at epoch 0 does not replay run seed 0 at epoch 1: seeds in a sweep stay independent.
 - ``set_epoch(epoch, start)`` skips the first ``start`` samples of this rank's shard, so a run
   resumed after ``k`` batches continues with batch ``k`` instead of replaying batches 0..k-1.
+- ``block`` > 1 shards in contiguous blocks: of every ``block × world_size`` consecutive samples
+  of the order, rank r takes the r-th block. With ``block`` = a rank's share of one global batch
+  (per-device batch × accumulation steps), the samples of each micro-batch depend only on the
+  per-device batch size, not on how many ranks and accumulation steps make up the global
+  batch: 1 process × 2 micro-batches and 2 processes × 1 see the same micro-batches (and
+  BatchNorm the same statistics).
 
 ``make_loader`` wraps a ``DataLoader`` around it and, for training, seeds the random
 augmentation of every sample from (seed, epoch, index): a sample is augmented the same way
@@ -51,7 +57,10 @@ class ShardedSampler(Sampler[int]):
         seed: int = 0,
         drop_last: bool = False,
         even: bool = True,
+        block: int = 1,
     ) -> None:
+        if block > 1 and not even:
+            raise ValueError("block sharding needs even shards")
         if size < 1:
             raise ValueError(f"cannot sample from an empty dataset (size {size})")
         if not 0 <= rank < world_size:
@@ -65,12 +74,14 @@ class ShardedSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.even = even
+        self.block = block
+        unit = world_size * block
         if not even:
             self.num_samples = len(range(rank, size, world_size))
         elif drop_last:
-            self.num_samples = size // world_size
+            self.num_samples = size // unit * block
         else:
-            self.num_samples = math.ceil(size / world_size)
+            self.num_samples = math.ceil(size / unit) * block
         self.epoch = 0
         self.start = 0
 
@@ -92,7 +103,11 @@ class ShardedSampler(Sampler[int]):
         if self.even:
             total = self.num_samples * self.world_size
             order = (order * math.ceil(total / self.size))[:total]
-        shard = order[self.rank :: self.world_size]
+        if self.block == 1:
+            shard = order[self.rank :: self.world_size]
+        else:
+            blocks = np.asarray(order).reshape(-1, self.world_size, self.block)
+            shard = blocks[:, self.rank, :].ravel().tolist()
         return iter(shard[self.start :])
 
     def __len__(self) -> int:
@@ -189,6 +204,7 @@ def make_loader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     drop_last: bool | None = None,
+    block: int = 1,
 ) -> ResumableLoader:
     """A loader over this rank's shard of ``dataset``; call ``set_epoch`` before each epoch.
 
@@ -196,7 +212,7 @@ def make_loader(
     and, by default, drops the last partial batch; ``drop_last`` (default: ``train``) drops the
     permutation's tail instead of padding it too. Evaluation keeps the dataset's order and
     splits it exactly over ranks, so the ranks' sums count every sample once (shards, and so
-    batch counts, may differ by one between ranks).
+    batch counts, may differ by one between ranks). ``block`` (training): see ``ShardedSampler``.
     """
     if drop_last is None:
         drop_last = train
@@ -208,6 +224,7 @@ def make_loader(
         seed=seed,
         drop_last=drop_last,
         even=train,
+        block=block,
     )
     dataloader = DataLoader(
         _SeededSamples(dataset, seed) if train else dataset,

@@ -117,6 +117,9 @@ class LocalLauncher:
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        elif self.max_parallel > 1 and "OMP_NUM_THREADS" not in env:
+            # runs sharing the CPU: split the cores rather than oversubscribe them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.max_parallel))
         log = (run_dir / "train.log").open("ab")
         process = subprocess.Popen(
             worker_command(run_dir, devices),

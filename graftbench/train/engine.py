@@ -49,6 +49,7 @@ class Outcome:
     diverged_step: int | None = None
     interrupted: bool = False
     wall_time_s: float = 0.0
+    replica_checksums: list[float] = field(default_factory=list)
 
 
 class Engine:
@@ -148,7 +149,9 @@ class Engine:
         if self.last_eval.get("step") != self.step:
             self._evaluate()
         self._save()
-        return self._outcome()
+        outcome = self._outcome()
+        outcome.replica_checksums = self._replica_checksums()
+        return outcome
 
     def _end_epoch(self) -> None:
         self.epoch += 1
@@ -291,6 +294,19 @@ class Engine:
             rundir.rewrite_jsonl(self.run_dir / rundir.METRICS, lambda r: r["step"] <= self.step)
         if len(state["rng"]) == self.dist.world_size:
             checkpoint.set_rng_state(state["rng"][self.dist.rank])
+
+    def _replica_checksums(self) -> list[float]:
+        """Every process's checksum of its weights: DDP keeps replicas identical, so these are
+        equal unless something went wrong, which is then an error, not a silent result."""
+        with torch.no_grad():
+            params = [p.detach().double() for p in self.module.parameters()]
+            mine = float(sum(p.sum() + p.abs().sum() for p in params))
+        checksums = [float(c) for c in all_gather_objects(mine, self.dist)]
+        if len(set(checksums)) > 1:
+            raise RuntimeError(
+                f"the {len(checksums)} replicas ended with different weights: {checksums}"
+            )
+        return checksums
 
 
 class _Window:

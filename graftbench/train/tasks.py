@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -61,6 +62,16 @@ def make_task(cfg: DictConfig, dist: Dist) -> Task:
     raise UserError(f"data.task: unknown task {kind!r}; choose from: classification, translation")
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a ``UserError`` from the target through as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
 def split_batch(trainer: DictConfig, world_size: int) -> tuple[int, int]:
     """(per-device batch, accumulation steps) giving ``trainer.batch_size`` on ``world_size``."""
     total = trainer.batch_size
@@ -77,10 +88,14 @@ class ClassificationTask(Task):
     """Images to labels: cross entropy; top-1, top-5 (in %) and loss on the validation set."""
 
     def __init__(self, cfg: DictConfig, dist: Dist) -> None:
-        from graftbench.data.images import image_data
         from graftbench.data.sampling import make_loader
 
-        data = image_data(cfg.data)
+        data = build(cfg.data.source)
+        if data.num_classes != cfg.data.num_classes:
+            raise UserError(
+                f"data.num_classes={cfg.data.num_classes} but the dataset has "
+                f"{data.num_classes} classes; set data.num_classes={data.num_classes}"
+            )
         per_device, self.accum = split_batch(cfg.trainer, dist.world_size)
         loader_options = dict(
             rank=dist.rank,
@@ -90,18 +105,23 @@ class ClassificationTask(Task):
             persistent_workers=cfg.data.get("persistent_workers", False),
         )
         self.train_loader = make_loader(
-            data.train, per_device, train=True, seed=cfg.seed, block=self.accum, **loader_options
+            data.train,
+            per_device,
+            train=True,
+            seed=cfg.seed,
+            block=per_device * self.accum,
+            **loader_options,
         )
         self.val_loader = make_loader(
             data.val, per_device, train=False, seed=cfg.seed, **loader_options
         )
-        self.steps_per_epoch = len(self.train_loader) // self.accum
+        self.steps_per_epoch = self.train_loader.batches_per_epoch // self.accum
         if self.steps_per_epoch == 0:
             raise UserError(
                 f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
                 f"({len(data.train)} samples)"
             )
-        self.model = instantiate(cfg.model)
+        self.model = build(cfg.model)
         self.label_smoothing = cfg.trainer.label_smoothing
         self.channels_last = cfg.trainer.channels_last
         self.top_k = min(5, data.num_classes)

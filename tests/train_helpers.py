@@ -1,0 +1,57 @@
+"""Running real training runs from tests: the CLI in a subprocess, and reading results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from graftbench import rundir
+
+REPO = Path(__file__).resolve().parent.parent
+# A small, quick run of the demo workload (digits, ResNet-8 at width 8): 22 steps an epoch.
+QUICK = [
+    "trainer.epochs=1",
+    "trainer.batch_size=64",
+    "model.width=8",
+    "trainer.log_every_steps=2",
+    "trainer.layer_log_every_steps=5",
+    "trainer.checkpoint_every_steps=4",
+    "trainer.eval_every_epochs=1",
+]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def graftbench(*args: str, cwd: Path, timeout: float = 600, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "graftbench", *args], cwd=cwd, env=env(), **popen
+    )
+
+
+def run(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "graftbench", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run_dir(results: Path) -> Path:
+    dirs = [p for p in results.glob("*/*") if (p / rundir.RUN).exists()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers in the run's last checkpoint."""
+    state = torch.load(run_dir / rundir.CKPT / "last.pt", weights_only=True)
+    return state["model"]
