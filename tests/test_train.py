@@ -12,6 +12,7 @@ import torch
 from graftbench import config, rundir
 from graftbench.errors import UserError
 from graftbench.train import runner
+from tests.image_helpers import make_root
 from tests.train_helpers import QUICK, graftbench, only_run_dir, run, weights
 
 
@@ -138,3 +139,36 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert torch.equal(tensor, reference[name]), name
     steps = [r["step"] for r in rundir.read_jsonl(run_dir / rundir.METRICS) if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # nothing logged twice by the interrupted attempt
+
+
+def test_trains_on_a_real_jpeg_image_folder(tmp_path):
+    root = make_root(tmp_path / "images", per_split=(("train", 16), ("val", 4)), solid=True)
+    code, run_dir = train_in_process(
+        tmp_path,
+        "data=imagenet",
+        f"data.root={root}",
+        "data.num_classes=3",
+        "data.source.crop_size=32",
+        "data.source.resize_size=36",
+        "data.workers=0",
+        "data.persistent_workers=false",
+        "trainer.batch_size=8",
+        "trainer.epochs=3",
+        "magnitude=adam",
+        "direction=sgd",
+        "magnitude.lr=0.01",
+    )
+    assert code == 0
+    summary = rundir.read_json(run_dir / rundir.SUMMARY)
+    assert summary["steps"] == 3 * (48 // 8)
+    assert summary["final"]["top1"] > 60  # one color per class; chance is 33%
+
+
+def test_wandb_offline_sink_uses_the_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    code, run_dir = train_in_process(tmp_path, "logger=wandb", "trainer.max_steps=4")
+    assert code == 0
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith(run_dir.name)
+    assert any(runs[0].glob("*.wandb"))
