@@ -109,12 +109,7 @@ class ResumableCount:
         tmp.replace(self.checkpoint_path)
 
     def _event(self, kind: str, **fields: Any) -> None:
-        record = {
-            "event": kind,
-            "job": os.environ.get("SLURM_JOB_ID"),
-            "time": time.time(),
-            **fields,
-        }
+        record = {"event": kind, "job": os.environ.get("SLURM_JOB_ID"), **fields}
         with (self.workdir / "events.jsonl").open("a") as out:
             out.write(json.dumps(record) + "\n")
 
