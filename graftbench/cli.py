@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from omegaconf import OmegaConf
@@ -78,12 +80,14 @@ def sweep(
     extend: Annotated[
         bool, typer.Option("--extend", help="Add this grid's runs to an existing sweep.")
     ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="SLURM: wait for the runs instead of returning.")
+    ] = False,
 ) -> None:
     """Run the M×D grid (default: the 3×3 demo). Comma lists sweep any key: seed=0,1,2."""
     from graftbench.sweep import plan as planning
     from graftbench.sweep.grid import expand
-    from graftbench.sweep.launchers import LocalLauncher
-    from graftbench.sweep.monitor import monitor_for
+    from graftbench.sweep.launchers import LocalLauncher, SlurmLauncher, wait_until_finished
 
     grid = expand(overrides or [])
     if dry_run:
@@ -94,14 +98,23 @@ def sweep(
         typer.echo(f"skipping {len(run_ids)} run(s): {reason}")
     launcher_cfg = grid.runs[0].config["launcher"]
     codes: dict[Path, int] = {}
-    if plan.launch:
+    if plan.launch and launcher_cfg["name"] == "slurm":
+        jobs = SlurmLauncher(launcher_cfg, plan.sweep_dir).launch(
+            plan.launch, grid.runs[0].config["trainer"]["device"]
+        )
+        typer.echo(
+            f"submitted {len(jobs)} run(s) as SLURM array {jobs[0].partition('_')[0]}; "
+            f"follow them with: graftbench status {plan.sweep_dir} --watch"
+        )
+        if not wait:
+            return
+        with _monitor(len(plan.launch)) as monitor:
+            codes = wait_until_finished(plan.launch, monitor)
+    elif plan.launch:
         typer.echo(f"launching {len(plan.launch)} run(s) in {plan.sweep_dir}")
-        monitor = monitor_for(len(plan.launch))
-        try:
-            launcher = LocalLauncher(launcher_cfg["max_parallel"], launcher_cfg["gpus_per_run"])
+        launcher = LocalLauncher(launcher_cfg["max_parallel"], launcher_cfg["gpus_per_run"])
+        with _monitor(len(plan.launch)) as monitor:
             codes = launcher.launch(plan.launch, monitor)
-        finally:
-            monitor.close()
     _print_status(plan.sweep_dir)
     failed = [d.name for d, code in codes.items() if code not in (0, 3, 75)]
     if failed:
@@ -132,6 +145,17 @@ def status(
             if all(s.status in ("done", "diverged", "failed") for s in states):
                 break
             time.sleep(interval)
+
+
+@contextmanager
+def _monitor(total: int) -> Iterator[Any]:
+    from graftbench.sweep.monitor import monitor_for
+
+    monitor = monitor_for(total)
+    try:
+        yield monitor
+    finally:
+        monitor.close()
 
 
 def _print_grid(grid) -> None:
@@ -183,6 +207,12 @@ def _status_table(states):
             elapsed,
         )
     return table
+
+
+def _latest_cell(state) -> str:
+    if state.status in ("failed", "unreadable") and state.problem:
+        return state.problem
+    return state.metric or ""
 
 
 def _print_status(sweep_dir: Path) -> None:

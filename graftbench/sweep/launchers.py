@@ -1,11 +1,19 @@
-"""How runs are started. Every launcher ends in the same worker command (``graftbench train
---run-dir DIR``), so a run behaves the same wherever it trains.
+"""How runs are started. Every launcher ends in ``runner.execute(run_dir)`` (the local one
+through the worker command ``graftbench train --run-dir DIR``), so a run behaves the same
+wherever it trains.
 
 ``LocalLauncher`` runs up to ``max_parallel`` runs at once on this machine, each its own
 process (under torchrun when it has more than one device) writing ``train.log`` in its run
 directory; on a GPU machine each run gets ``gpus_per_run`` devices through
 ``CUDA_VISIBLE_DEVICES``. A failing run does not stop the others. SIGINT/SIGTERM are passed on
 to the runs, which checkpoint and stop; unstarted runs go back to pending.
+
+``SlurmLauncher`` submits one submitit job array per sweep (``array_parallelism`` tasks at a
+time), one task per process of a run (multi-node DDP finds its rendezvous in the SLURM
+environment), with ``--requeue``. A task stops at a step boundary on SIGTERM (preemption,
+``scontrol requeue``) or SIGUSR2 (the time-limit warning), checkpointing first; after SIGUSR2
+it requeues itself, at most ``max_num_timeout`` times. Either way it exits without a result, so
+SLURM runs it again and it resumes from the checkpoint. Logs: ``<sweep>/slurm/<job>/``.
 """
 
 from __future__ import annotations
@@ -148,3 +156,108 @@ def _visible_gpus() -> int:
         return torch.cuda.device_count()
     except Exception:  # no usable CUDA: a CPU machine
         return 0
+
+
+def slurm_job(run_dir: str, max_requeues: int) -> int:
+    """What each task of a SLURM array runs (submitit pickles it by reference)."""
+    from graftbench.train import runner
+
+    path = Path(run_dir)
+    code = runner.execute(path)
+    if code != runner.EXIT_INTERRUPTED:
+        return code
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        record = rundir.read_json(path / rundir.RUN)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if record.get("interrupted_by") == "SIGUSR2":  # the time limit is near: requeue
+            if restarts < max_requeues:
+                subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+            else:
+                rundir.update_json(
+                    path / rundir.RUN,
+                    lambda r: {
+                        **r,
+                        "status": "failed",
+                        "error": f"hit the time limit again after {restarts} requeues",
+                    },
+                )
+    raise SystemExit(code)  # no result: SLURM runs the task again, which resumes
+
+
+class SlurmLauncher:
+    def __init__(self, options: dict, sweep_dir: Path) -> None:
+        self.options = options
+        self.folder = sweep_dir / "slurm" / "%j"
+
+    def executor(self, device: str):
+        import submitit
+
+        o = self.options
+        executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
+        params = {
+            "name": f"graftbench-{self.folder.parent.parent.name}",
+            "timeout_min": o["timeout_min"],
+            "nodes": o["nodes"],
+            "tasks_per_node": o["tasks_per_node"],
+            "cpus_per_task": o["cpus_per_task"],
+            "slurm_signal_delay_s": o["signal_delay_s"],
+            "slurm_array_parallelism": o["array_parallelism"],
+            "slurm_additional_parameters": {"requeue": True, **(o["additional_parameters"] or {})},
+        }
+        if device != "cpu" and o["gpus_per_node"]:
+            params["gpus_per_node"] = o["gpus_per_node"]
+        if o["mem_gb"]:
+            params["mem_gb"] = o["mem_gb"]
+        for key in ("partition", "account", "qos", "constraint"):
+            if o[key]:
+                params[f"slurm_{key}"] = o[key]
+        executor.update_parameters(**params)
+        return executor
+
+    def launch(self, run_dirs: list[Path], device: str) -> list[str]:
+        """Submit the runs as one job array; returns the SLURM job id of each run's task."""
+        if not run_dirs:
+            return []
+        executor = self.executor(device)
+        jobs = executor.map_array(
+            slurm_job, [str(d) for d in run_dirs], [self.options["max_num_timeout"]] * len(run_dirs)
+        )
+        for run_dir, job in zip(run_dirs, jobs, strict=True):
+            array_id, _, task = job.job_id.partition("_")
+            rundir.update_json(
+                run_dir / rundir.RUN,
+                lambda r, a=array_id, t=task, j=job.job_id: {
+                    **r,
+                    "launcher": None,
+                    "slurm": {"job_id": j, "array_job_id": a, "array_task_id": t},
+                    "log": str(self.folder.parent / j / f"{j}_0_log.out"),
+                },
+            )
+        return [job.job_id for job in jobs]
+
+
+ENDED = {"done": 0, "diverged": 3, "failed": 1}
+
+
+def wait_until_finished(run_dirs: list[Path], monitor: Monitor, poll_s: float = 5.0) -> dict:
+    """Follow runs trained elsewhere (SLURM) until each is done, diverged or failed, or has
+    no live owner left (cancelled: pending again, resumable). Returns exit-code-like outcomes."""
+    from graftbench.sweep.status import effective_status, owner_job, slurm_states
+
+    waiting = list(run_dirs)
+    codes: dict[Path, int] = {}
+    for run_dir in waiting:
+        monitor.started(run_dir)
+    while waiting:
+        records = {d: rundir.read_json(d / rundir.RUN) for d in waiting}
+        slurm = slurm_states([j for r in records.values() if (j := owner_job(r))])
+        for run_dir, record in records.items():
+            status = str(effective_status(record, slurm))
+            if status in ENDED or status == "pending":
+                codes[run_dir] = ENDED.get(status, 75)
+                waiting.remove(run_dir)
+                monitor.finished(run_dir, codes[run_dir])
+        monitor.tick(waiting)
+        if waiting:
+            time.sleep(poll_s)
+    return codes

@@ -57,7 +57,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
             capture_output=True,
             text=True,
             timeout=30,
@@ -144,6 +144,7 @@ def _row(
         metric=metric,
         slurm_job=owner_job(record),
         elapsed_s=_elapsed(record, status),
+        problem=record.get("error"),
     )
 
 

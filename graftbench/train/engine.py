@@ -35,7 +35,9 @@ from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_su
 from graftbench.train.logging import RunLogger
 from graftbench.train.tasks import Task, make_task
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGTERM: preemption or `scontrol requeue`; SIGUSR1: a user's "checkpoint and stop";
+# SIGUSR2: SLURM's warning before the time limit (submitit's --signal)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Outcome:
     interrupted: bool = False
     wall_time_s: float = 0.0
     replica_checksums: list[float] = field(default_factory=list)
+    stop_signal: str | None = None
 
 
 class Engine:
@@ -248,6 +251,8 @@ class Engine:
         outcome = self._outcome()
         outcome.interrupted = verdict == "interrupted"
         outcome.diverged_step = self.diverged_step
+        if self.stop_signal is not None:
+            outcome.stop_signal = signal.Signals(self.stop_signal).name
         return outcome
 
     def _outcome(self) -> Outcome:

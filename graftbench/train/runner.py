@@ -121,7 +121,13 @@ def execute(run_dir: Path) -> int:
         return EXIT_INTERRUPTED if outcome.interrupted else EXIT_DONE
     if outcome.interrupted:
         rundir.update_json(
-            run_json, lambda r: {**r, "status": Status.PENDING, "step": outcome.step}
+            run_json,
+            lambda r: {
+                **r,
+                "status": Status.PENDING,
+                "step": outcome.step,
+                "interrupted_by": outcome.stop_signal or "a signal to another rank",
+            },
         )
         print(f"{run_dir}: interrupted at step {outcome.step}; run again to resume")
         return EXIT_INTERRUPTED
@@ -160,6 +166,7 @@ def _started(record: dict[str, Any], world_size: int) -> dict[str, Any]:
         "pid": os.getpid(),
         "slurm": slurm or None,
         "error": None,
+        "interrupted_by": None,
     }
 
 
