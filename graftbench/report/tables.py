@@ -231,15 +231,17 @@ def _by_precedence(counts: Mapping[str, int]) -> list[str]:
 # -- the claim in numbers -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spread:
-    """How much the cell means move when M changes versus when D changes.
+    """How much the cell means move when M changes versus when D changes (the paper's claim:
+    results cluster by M).
 
-    ``by_magnitude``: mean over columns (directions with at least two values) of the range
-    max - min over rows; ``by_direction``: mean over rows of the range over columns.
-    ``share_*``: a two-way decomposition of the cells' variance without replication, on the
-    largest complete block (``rows`` × ``columns``): with grand mean g, row effects r_m and
-    column effects c_d, SS = sum (x - g)^2, share_magnitude = |D| sum r_m^2 / SS,
-    share_direction = |M| sum c_d^2 / SS, share_interaction = the rest. ``None`` when the block
-    is smaller than 2 × 2 or all its cells are equal.
+    ``by_magnitude``: the mean, over the directions with values for two magnitudes or more, of
+    max - min over magnitudes; ``by_direction``: the mean, over magnitudes, of max - min over
+    directions. ``share_*``: a two-way decomposition of the variance between cell means, on
+    the largest block of cells that all have a value (``rows`` × ``columns``): with grand mean
+    g, row effects r_m and column effects c_d, SS = sum (x - g)^2,
+    share_magnitude = |D| sum r_m^2 / SS, share_direction = |M| sum c_d^2 / SS and
+    share_interaction = the rest. ``None`` when that block is smaller than 2 × 2 or all its
+    cells are equal.
     """
 
     by_magnitude: float
@@ -308,19 +310,15 @@ def _mean_range(x: np.ndarray, axis: int) -> float:
 
 
 def _complete_block(present: np.ndarray) -> tuple[list[int], list[int]]:
-    """Rows and columns left after dropping the row or column with the most missing cells
-    until none is missing (ties: the line latest in grid order, rows first)."""
-    rows, columns = list(range(present.shape[0])), list(range(present.shape[1]))
-    while rows and columns:
-        block = present[np.ix_(rows, columns)]
-        row_gaps, column_gaps = (~block).sum(axis=1), (~block).sum(axis=0)
-        if row_gaps.max() == 0:
-            break
-        if row_gaps.max() >= column_gaps.max():
-            rows.pop(len(rows) - 1 - int(np.argmax(row_gaps[::-1])))
-        else:
-            columns.pop(len(columns) - 1 - int(np.argmax(column_gaps[::-1])))
-    return rows, columns
+    """The rows and columns of the largest block of cells that all have a value (ties: the
+    one with more rows). Exact search over subsets of rows: a grid has a handful of them."""
+    best: tuple[list[int], list[int]] = ([], [])
+    for mask in range(2 ** present.shape[0] - 1, 0, -1):
+        rows = [i for i in range(present.shape[0]) if mask >> i & 1]
+        columns = np.flatnonzero(present[rows].all(axis=0)).tolist()
+        if len(rows) * len(columns) > len(best[0]) * len(best[1]):
+            best = (rows, columns)
+    return best
 
 
 def _names(names: Sequence[str]) -> str:
