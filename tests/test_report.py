@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +129,17 @@ def expected_cells(finals: dict, metric: str) -> dict[tuple[str, str], list[floa
     return cells
 
 
-@pytest.fixture
-def sweep(tmp_path):
-    root = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("built") / "sweep"
     return root, make_sweep(root)
+
+
+@pytest.fixture
+def sweep(built, tmp_path):
+    """A fresh copy of the sweep (the writers fsync: building it once per test is slow)."""
+    root, finals = built
+    return Path(shutil.copytree(root, tmp_path / "sweep")), finals
 
 
 # -- collect --------------------------------------------------------------------------------
@@ -358,14 +366,21 @@ def test_a_swept_override_gets_one_table_per_value(tmp_path):
 
 
 # -- the claim in numbers -------------------------------------------------------------------
-def test_spread_of_an_additive_grid():
-    rows, columns = np.array([0.0, 10.0, 20.0]), np.array([0.0, 1.0, 2.0])
-    means = pd.DataFrame(rows[:, None] + columns[None, :], index=OPTIMIZERS, columns=OPTIMIZERS)
-    result = spread(means)
-    assert result.by_magnitude == pytest.approx(20.0) and result.by_direction == pytest.approx(2.0)
-    # SS_M = 3 * (10^2 + 0 + 10^2) = 600, SS_D = 3 * (1 + 0 + 1) = 6, no interaction
-    assert result.share_magnitude == pytest.approx(600 / 606)
-    assert result.share_direction == pytest.approx(6 / 606)
+@pytest.mark.parametrize(
+    ("rows", "by_m", "ss_m", "ss_d"),
+    [
+        # 3 × 3: SS_M = 3 (10^2 + 0 + 10^2) = 600, SS_D = 3 (1 + 0 + 1) = 6
+        ([0.0, 10.0, 20.0], 20.0, 600.0, 6.0),
+        # 2 × 3, grand mean 4: SS_M = 3 (3^2 + 3^2) = 54, SS_D = 2 (1 + 0 + 1) = 4
+        ([0.0, 6.0], 6.0, 54.0, 4.0),
+    ],
+)
+def test_spread_of_an_additive_grid(rows, by_m, ss_m, ss_d):
+    x = np.array(rows)[:, None] + np.array([0.0, 1.0, 2.0])[None, :]
+    result = spread(pd.DataFrame(x, index=OPTIMIZERS[: len(rows)], columns=OPTIMIZERS))
+    assert result.by_magnitude == pytest.approx(by_m) and result.by_direction == pytest.approx(2.0)
+    assert result.share_magnitude == pytest.approx(ss_m / (ss_m + ss_d))
+    assert result.share_direction == pytest.approx(ss_d / (ss_m + ss_d))
     assert result.share_interaction == pytest.approx(0.0, abs=1e-12)
     assert not result.partial
 
