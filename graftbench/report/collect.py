@@ -153,11 +153,12 @@ def _read_run(path: Path, entry: dict[str, Any], exists: bool) -> tuple[dict[str
         row["status"] = MISSING
         return row, []
 
-    # A finished run is never rerun (Status.finished), so its summary alone is read; run.json
-    # only for a run in progress, failed, or without a readable summary.
+    # A finished run is never rerun (Status.finished), so the summary of a planned run is
+    # enough; run.json is read for a run in progress, failed, without a readable summary, or
+    # outside the manifest (for its grid point).
     summary, summary_problem = _read_optional(path / rundir.SUMMARY)
     finished = summary is not None and summary.get("status") in FINISHED
-    run, run_problem = (None, None) if finished else _read_optional(path / rundir.RUN)
+    run, run_problem = (None, None) if finished and entry else _read_optional(path / rundir.RUN)
     if summary:
         row["step"] = summary.get("steps")
         for which in ("final", "best"):

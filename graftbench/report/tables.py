@@ -31,13 +31,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from graftbench.errors import UserError
-from graftbench.report.collect import OVERRIDE_PREFIX, grid_order
+from graftbench.report.collect import MISSING, OVERRIDE_PREFIX, UNREADABLE, grid_order
 from graftbench.rundir import Status
 
 FORMATS = ("markdown", "latex", "csv", "json")
 NO_VALUE = "n/a"  # a done run that did not record the metric
 EMPTY = "—"  # no run at all for this pair (a grid that is not a full product)
-PRECEDENCE = ("diverged", "failed", "unreadable", NO_VALUE, "running", "queued", "pending")
+PRECEDENCE = ("diverged", "failed", UNREADABLE, NO_VALUE, "running", "queued", "pending", MISSING)
 LOWER_IS_BETTER = ("loss", "nll", "ppl", "perplexity", "error", "err")
 PREFERRED_METRICS = (("top1", "top5"), ("bleu",), ("loss",))
 
