@@ -469,3 +469,16 @@ def test_our_csv_is_a_reference_for_the_same_sweep(sweep, tmp_path):
     differences = comparison.difference.stack().dropna()
     assert len(differences) == int((tables[0].n > 0).to_numpy().sum())
     assert (differences == 0).all()
+
+
+def test_the_variance_split_uses_the_largest_complete_block():
+    nan = np.nan
+    x = [[1.0, 2.0, nan], [3.0, 4.0, 5.0], [nan, 6.0, 9.0]]
+    result = spread(pd.DataFrame(x, index=OPTIMIZERS, columns=OPTIMIZERS))
+    # two 2 × 2 blocks tie; the one with rows earlier in grid order wins
+    assert (result.rows, result.columns) == (["sgd", "adam"], ["sgd", "adam"])
+    # [[1, 2], [3, 4]]: SS_M = (1 + 2 - 3 - 4)^2 / 4 = 4, SS_D = (1 - 2 + 3 - 4)^2 / 4 = 1
+    assert result.share_magnitude == pytest.approx(4 / 5)
+    # a 2 × 1 and a 1 × 2 block tie; more rows win
+    two = pd.DataFrame([[1.0, 2.0], [3.0, nan]], index=OPTIMIZERS[:2], columns=OPTIMIZERS[:2])
+    assert (spread(two).rows, spread(two).columns) == (["sgd", "adam"], ["sgd"])

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -310,14 +311,15 @@ def _mean_range(x: np.ndarray, axis: int) -> float:
 
 
 def _complete_block(present: np.ndarray) -> tuple[list[int], list[int]]:
-    """The rows and columns of the largest block of cells that all have a value (ties: the
-    one with more rows). Exact search over subsets of rows: a grid has a handful of them."""
+    """The rows and columns of the largest block of cells that all have a value (ties: more
+    rows, then rows earlier in grid order). Exact search over subsets of rows: a grid has a
+    handful of them."""
     best: tuple[list[int], list[int]] = ([], [])
-    for mask in range(2 ** present.shape[0] - 1, 0, -1):
-        rows = [i for i in range(present.shape[0]) if mask >> i & 1]
-        columns = np.flatnonzero(present[rows].all(axis=0)).tolist()
-        if len(rows) * len(columns) > len(best[0]) * len(best[1]):
-            best = (rows, columns)
+    for size in range(present.shape[0], 0, -1):
+        for rows in combinations(range(present.shape[0]), size):
+            columns = np.flatnonzero(present[list(rows)].all(axis=0)).tolist()
+            if size * len(columns) > len(best[0]) * len(best[1]):
+                best = (list(rows), columns)
     return best
 
 
