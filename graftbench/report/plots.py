@@ -28,13 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from graftbench.report.collect import collect, load_curves
+from graftbench.report.tables import PREFERRED_METRICS
 
 FORMATS = ("png", "pdf")
-PREFERRED_EVAL = ("top1", "top5", "bleu", "loss")
 RATIO = "graft.ratio_mean"
 LAYER_PREFIX = "ratio."
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 PANEL = (4.2, 3.2)  # inches per panel
+_NOT_METRICS = {"run_id", "magnitude", "direction", "seed", "status", "kind", "step", "epoch"}
 
 
 def plot_sweep(
@@ -69,9 +70,14 @@ def plot_sweep(
     else:
         written += save(correction, out, "step_size_correction", formats)
 
-    layers, _ = load_curves(sweep_dir, kinds=("layers",), runs=runs)
+    wanted = set(pairs) if pairs is not None else None
+    chosen = [
+        (m, d) in wanted if wanted is not None else m != d
+        for m, d in zip(runs["magnitude"], runs["direction"], strict=True)
+    ]
+    layers, _ = load_curves(sweep_dir, kinds=("layers",), runs=runs[chosen])
     grafted = _pairs(layers) if not layers.empty else []
-    for m, d in pairs if pairs is not None else [(m, d) for m, d in grafted if m != d]:
+    for m, d in pairs if pairs is not None else grafted:
         heatmap = figure_layer_ratios(layers, m, d) if (m, d) in grafted else None
         if heatmap is None:
             messages.append(f"no per-layer ratios recorded for {m}#{d}; no heatmap")
@@ -80,10 +86,12 @@ def plot_sweep(
     return written, messages
 
 
-def save(figure: Figure, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
+def save(
+    figure: Figure, out_dir: str | os.PathLike[str], name: str, formats: Sequence[str] = FORMATS
+) -> list[Path]:
     """``out_dir/name.<format>`` for each format; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = [Path(out_dir) / f"{name}.{fmt}" for fmt in formats]
     for path in paths:
         figure.savefig(path, dpi=150)
     return paths
@@ -96,14 +104,11 @@ def eval_metrics(curves: pd.DataFrame, metrics: Sequence[str] | None = None) -> 
     reported = [c for c in evals.columns if c not in _NOT_METRICS]
     if metrics:
         return [m.split(".")[-1] for m in metrics if m.split(".")[-1] in reported]
-    for group in (("top1", "top5"), ("bleu",), ("loss",)):
+    for group in PREFERRED_METRICS:
         present = [m for m in group if m in reported]
         if present:
             return present
     return reported[:1]
-
-
-_NOT_METRICS = {"run_id", "magnitude", "direction", "seed", "status", "kind", "step", "epoch"}
 
 
 # -- figures --------------------------------------------------------------------------------
