@@ -47,7 +47,7 @@ STEPS = 5
 
 
 def run_id(m: str, d: str, seed: int) -> str:
-    return f"{m}#{d}-s{seed}"
+    return f"{m}+{d}-s{seed}-0123abcd"  # as graftbench.config.run_id spells them
 
 
 def write_manifest(root: Path, entries: list[dict]) -> None:
@@ -100,7 +100,12 @@ def make_sweep(root: Path, curves: bool = True) -> dict[tuple[str, str, int], di
             for seed in SEEDS:
                 entry = {
                     "run_id": run_id(m, d, seed),
-                    "overrides": {"optim.magnitude": m, "optim.direction": d, "seed": seed},
+                    "overrides": [
+                        "data=digits",
+                        f"magnitude={m}",
+                        f"direction={d}",
+                        f"seed={seed}",
+                    ],
                     "magnitude": m,
                     "direction": d,
                     "seed": seed,
@@ -161,8 +166,10 @@ def test_collect_has_one_row_per_planned_run_in_grid_order(sweep):
     for _, row in done.iterrows():
         final = finals[row["magnitude"], row["direction"], row["seed"]]
         assert row["final.top1"] == final["top1"] and row["best.loss"] == final["loss"]
-    assert list(runs["overrides.optim.magnitude"]) == list(runs["magnitude"])
-    assert problems and all("adagrad#" in p for p in problems)
+    assert list(runs["overrides.magnitude"]) == list(runs["magnitude"])
+    assert list(runs["overrides.seed"]) == [s for _ in range(9) for s in SEEDS]  # typed: ints
+    assert set(runs["overrides.data"]) == {"digits"}
+    assert problems and all("adagrad+" in p for p in problems)
 
 
 def test_unreadable_files_become_marked_rows_and_problems(sweep):
@@ -351,18 +358,21 @@ def test_unknown_metric_and_format_are_user_errors(sweep):
 
 def test_a_swept_override_gets_one_table_per_value(tmp_path):
     entries = []
-    for lr in (0.1, 0.01):
+    for lr in ("0.1", "1e-05"):  # as Hydra overrides spell them
         for m in ("sgd", "adam"):
             for seed in (0, 1):
-                entry = {"run_id": f"{m}#{m}-lr{lr}-s{seed}", "magnitude": m, "direction": m}
-                entry |= {"seed": seed, "overrides": {"optim.lr": lr, "seed": seed}}
-                write_run(tmp_path, entry, "done", {"top1": 100 * lr + seed}, curves=False)
+                entry = {"run_id": f"{m}+{m}-lr{lr}-s{seed}", "magnitude": m, "direction": m}
+                entry |= {"seed": seed, "overrides": [f"+magnitude.lr={lr}", f"seed={seed}"]}
+                top1 = 100 * float(lr) + seed
+                write_run(tmp_path, entry, "done", {"top1": top1}, curves=False)
                 entries.append(entry)
     write_manifest(tmp_path, entries)
     tables = build_tables(collect(tmp_path)[0], ["top1"])
-    assert [t.where for t in tables] == [{"overrides.optim.lr": 0.01}, {"overrides.optim.lr": 0.1}]
+    lr = "overrides.magnitude.lr"
+    assert [t.where for t in tables] == [{lr: 1e-05}, {lr: 0.1}]  # numbers, in numeric order
     assert tables[1].mean.at["sgd", "sgd"] == pytest.approx(10.5)
-    assert "optim.lr=0.01" in tables[0].title
+    assert tables[0].n.to_numpy().tolist() == [[2, 0], [0, 2]]
+    assert "magnitude.lr=1e-05" in tables[0].title
 
 
 # -- the claim in numbers -------------------------------------------------------------------

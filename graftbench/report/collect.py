@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from graftbench import rundir
 from graftbench.errors import UserError
@@ -199,14 +200,30 @@ def _read_optional(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _overrides(overrides: Any) -> dict[str, Any]:
-    """A grid point as ``overrides.<key>`` columns: a mapping or Hydra ``key=value`` strings."""
+    """A grid point as ``overrides.<key>`` columns, from the manifest's Hydra ``key=value``
+    strings (values typed: ``0.1`` a float, ``null`` None) or from a mapping."""
     if isinstance(overrides, Mapping):
-        items = overrides.items()
+        items = [(str(k), _scalar(v)) for k, v in overrides.items()]
     elif isinstance(overrides, list):
-        items = (str(o).split("=", 1) for o in overrides if "=" in str(o))
+        pairs = (str(o).split("=", 1) for o in overrides if "=" in str(o))
+        items = [(k.lstrip("+~"), _typed(v)) for k, v in pairs]
     else:
         return {}
-    return {f"{OVERRIDE_PREFIX}{k}": _scalar(v) for k, v in items}
+    return {f"{OVERRIDE_PREFIX}{k}": v for k, v in items}
+
+
+def _typed(text: str) -> Any:
+    """An override value as Hydra reads it, near enough for filtering and sorting."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # ``1e-05``, which YAML 1.1 reads as text
+        except ValueError:
+            return value
+    return _scalar(value)
 
 
 def _scalar(value: Any) -> Any:
