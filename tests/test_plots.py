@@ -88,6 +88,8 @@ def test_curves_are_colored_by_magnitude_and_styled_by_direction(curves):
         "M = sgd", "D = sgd", "M = adam", "D = adam", "M = adagrad", "D = adagrad"
     ]  # fmt: skip
     assert top1.get_title() == "eval top1"
+    # evals are sparse (a short run may have one): every point gets a marker, so it shows
+    assert {line.get_marker() for line in top1.lines if line.get_linewidth() > 1} == {"o"}
 
 
 def test_the_y_range_ignores_diverged_runs(curves):

@@ -35,6 +35,7 @@ RATIO = "graft.ratio_mean"
 LAYER_PREFIX = "ratio."
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 PANEL = (4.2, 3.2)  # inches per panel
+SPARSE = 30  # curves with this many points or fewer get a marker per point
 _NOT_METRICS = {"run_id", "magnitude", "direction", "seed", "status", "kind", "step", "epoch"}
 
 
@@ -116,7 +117,7 @@ def figure_curves(curves: pd.DataFrame, metrics: Sequence[str]) -> Figure:
     """Training loss and each eval metric over steps, every M#D on the same axes."""
     panels = [("train", "loss"), *(("eval", m) for m in metrics)]
     figure = Figure(figsize=(PANEL[0] * len(panels), PANEL[1] + 0.8), layout="constrained")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    axes = figure.subplots(1, len(panels), squeeze=False, sharex=True)[0]
     style = _Style(curves)
     for ax, (kind, metric) in zip(axes, panels, strict=True):
         _fit_y([ax], [_draw(ax, curves, kind, metric, style)])
@@ -126,15 +127,17 @@ def figure_curves(curves: pd.DataFrame, metrics: Sequence[str]) -> Figure:
 
 
 def figure_by_magnitude(curves: pd.DataFrame, metrics: Sequence[str]) -> Figure:
-    """Small multiples: one column per M (its D curves), one row per quantity, y shared
-    along a row."""
+    """Small multiples: one column per M (its D curves), one row per quantity; steps shared,
+    y shared along a row."""
     panels = [("train", "loss"), *(("eval", m) for m in metrics)]
     style = _Style(curves)
     figure = Figure(
         figsize=(PANEL[0] * len(style.magnitudes), PANEL[1] * len(panels) + 0.8),
         layout="constrained",
     )
-    grid = figure.subplots(len(panels), len(style.magnitudes), squeeze=False, sharey="row")
+    grid = figure.subplots(
+        len(panels), len(style.magnitudes), squeeze=False, sharex=True, sharey="row"
+    )
     for i, (kind, metric) in enumerate(panels):
         drawn = []
         for j, m in enumerate(style.magnitudes):
@@ -240,7 +243,8 @@ def _draw(
         healthy = pair[~diverged] if (~diverged).any() else pair
         by_step = healthy.groupby("step")["value"].agg(["mean", "min", "max"])
         steps = by_step.index.to_numpy()
-        ax.plot(steps, by_step["mean"], color=color, linestyle=linestyle, linewidth=1.4)
+        marker = "o" if len(steps) <= SPARSE else None  # evals are few: one would not show
+        ax.plot(steps, by_step["mean"], color=color, ls=linestyle, lw=1.4, marker=marker, ms=3)
         if healthy["seed"].nunique() > 1:
             ax.fill_between(steps, by_step["min"], by_step["max"], color=color, alpha=0.12)
         if len(healthy) < len(pair):
