@@ -1,0 +1,1 @@
+"""From run directories to the paper's tables and figures: collect, tables, plots."""
