@@ -223,17 +223,24 @@ class SlurmLauncher:
             slurm_job, [str(d) for d in run_dirs], [self.options["max_num_timeout"]] * len(run_dirs)
         )
         for run_dir, job in zip(run_dirs, jobs, strict=True):
-            array_id, _, task = job.job_id.partition("_")
             rundir.update_json(
                 run_dir / rundir.RUN,
-                lambda r, a=array_id, t=task, j=job.job_id: {
+                lambda r, j=job.job_id: {
                     **r,
                     "launcher": None,
-                    "slurm": {"job_id": j, "array_job_id": a, "array_task_id": t},
+                    "slurm": _slurm_ids(j),
                     "log": str(self.folder.parent / j / f"{j}_0_log.out"),
                 },
             )
         return [job.job_id for job in jobs]
+
+
+def _slurm_ids(job_id: str) -> dict[str, str]:
+    """``"12_3"`` (array task) or ``"12"`` (submitit submits a one-run array as a plain job)."""
+    array_id, _, task = job_id.partition("_")
+    if not task:
+        return {"job_id": job_id}
+    return {"job_id": job_id, "array_job_id": array_id, "array_task_id": task}
 
 
 ENDED = {"done": 0, "diverged": 3, "failed": 1}

@@ -74,7 +74,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 def owner_job(record: dict[str, Any]) -> str | None:
     """The SLURM job that owns the run (its array task id form, as squeue prints it)."""
     slurm = record.get("slurm") or {}
-    if slurm.get("array_job_id") and slurm.get("array_task_id") is not None:
+    if slurm.get("array_job_id") and slurm.get("array_task_id") not in (None, ""):
         return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
     return slurm.get("job_id")
 
