@@ -116,6 +116,8 @@ def sweep(
         with _monitor(len(plan.launch)) as monitor:
             codes = launcher.launch(plan.launch, monitor)
     _print_status(plan.sweep_dir)
+    if codes:
+        _report(plan.sweep_dir)
     failed = [d.name for d, code in codes.items() if code not in (0, 3, 75)]
     if failed:
         typer.echo(f"{len(failed)} run(s) failed; their logs: <run dir>/train.log", err=True)
@@ -156,6 +158,105 @@ def _monitor(total: int) -> Iterator[Any]:
         yield monitor
     finally:
         monitor.close()
+
+
+@app.command()
+def table(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
+    metric: Annotated[
+        str | None, typer.Option(help="Comma-separated: top1,top5 | bleu | loss (default: all).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown | latex | csv | json")] = (
+        "markdown"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Write to this file (atomically).")] = None,
+    compare: Annotated[
+        Path | None, typer.Option(help="Reference numbers in the same M×D layout (CSV).")
+    ] = None,
+    decimals: Annotated[int | None, typer.Option(help="Digits after the point.")] = None,
+) -> None:
+    """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
+    from graftbench import rundir
+    from graftbench.report import collect, tables
+
+    runs, problems = collect.collect(sweep_dir)
+    built = tables.build_tables(runs, metric.split(",") if metric else None)
+    if compare is not None:
+        reference = tables.load_reference(compare)
+        text = "\n".join(
+            tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
+        )
+    else:
+        text = tables.render(built, fmt, decimals)
+    for problem in problems:
+        typer.echo(f"note: {problem}", err=True)
+    if out is None:
+        typer.echo(text)
+    else:
+        rundir.write_text_atomic(out, text if text.endswith("\n") else text + "\n")
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def plot(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
+    metric: Annotated[
+        str | None, typer.Option(help="Eval metrics to draw, comma-separated (default: top1,top5).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder (default: <sweep>/figures).")] = None,
+) -> None:
+    """Figure 1 of the paper for a sweep: curves colored by M and styled by D, small multiples
+    per M, and the implicit step-size correction ||dM||/||dD|| (mean and per layer)."""
+    from graftbench.report.plots import plot_sweep
+
+    written, messages = plot_sweep(
+        sweep_dir, out or sweep_dir / "figures", metric.split(",") if metric else None
+    )
+    for message in messages:
+        typer.echo(f"note: {message}", err=True)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def sync(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the `wandb sync` command; upload nothing.")
+    ] = False,
+) -> None:
+    """Upload the sweep's offline W&B runs (`wandb sync`); tables never need W&B."""
+    import shlex
+    import subprocess
+
+    if not sweep_dir.is_dir():
+        raise UserError(f"no sweep at {sweep_dir}")
+    offline = sorted(sweep_dir.glob("*/wandb/offline-run-*"))
+    if not offline:
+        typer.echo(f"no offline W&B runs under {sweep_dir} (train with logger=wandb)")
+        return
+    command = [sys.executable, "-m", "wandb", "sync", *map(str, offline)]
+    if dry_run:
+        typer.echo(shlex.join(command))
+        return
+    code = subprocess.call(command)
+    if code:
+        raise UserError(f"wandb sync failed (exit {code}); are you logged in (`wandb login`)?")
+    typer.echo(f"synced {len(offline)} run(s)")
+
+
+def _report(sweep_dir: Path) -> None:
+    """What a finished sweep prints: the M×D tables with the spread, and where its figures are."""
+    from graftbench.report import collect, tables
+    from graftbench.report.plots import plot_sweep
+
+    runs, _ = collect.collect(sweep_dir)
+    built = tables.build_tables(runs)
+    if built:
+        typer.echo(tables.render(built))
+    written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")
+    if written:
+        typer.echo(f"figures: {sweep_dir / 'figures'} ({len(written)} files)")
 
 
 def _print_grid(grid) -> None:

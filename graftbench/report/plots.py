@@ -153,7 +153,9 @@ def figure_step_size_correction(curves: pd.DataFrame) -> Figure | None:
     no such pair recorded it."""
     if RATIO not in curves:
         return None
-    grafted = curves[(curves["magnitude"] != curves["direction"]) & (curves[RATIO] > 0)]
+    # magnitude and direction are categoricals over different name sets: compare the names
+    crossed = curves["magnitude"].astype(str) != curves["direction"].astype(str)
+    grafted = curves[crossed & (curves[RATIO] > 0)]
     if grafted.empty:
         return None
     figure = Figure(figsize=(PANEL[0] * 1.8, PANEL[1] * 1.4), layout="constrained")
