@@ -21,11 +21,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The launcher tests run a real single-node SLURM cluster (Debian's slurm-wlm and munge).
 test: lint
+	bash scripts/install_slurm.sh
 	$(BIN)/python -m pytest
 
+# The 3×3 grid of {sgd, adam, adagrad} on the bundled digits: table, spread and figures.
 demo: install
-	$(BIN)/python scripts/graft_toy.py
+	$(BIN)/graftbench sweep
 
 bench: install
 	$(BIN)/python scripts/bench_optim.py

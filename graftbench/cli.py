@@ -45,6 +45,9 @@ def train(
     ] = False,
 ) -> None:
     """Train one run in the foreground (resuming it if it has a checkpoint)."""
+    if run_dir is not None and _finished(run_dir):  # before the heavy imports: launchers
+        typer.echo(f"{run_dir}: already finished, nothing to do")  # start many such workers
+        return
     from graftbench import config
     from graftbench.sweep.launchers import worker_command
     from graftbench.train import runner
@@ -243,6 +246,15 @@ def sync(
     if code:
         raise UserError(f"wandb sync failed (exit {code}); are you logged in (`wandb login`)?")
     typer.echo(f"synced {len(offline)} run(s)")
+
+
+def _finished(run_dir: Path) -> bool:
+    from graftbench import rundir
+
+    try:
+        return rundir.Status(rundir.read_json(run_dir / rundir.RUN)["status"]).finished
+    except rundir.RunDirError:
+        return False
 
 
 def _report(sweep_dir: Path) -> None:

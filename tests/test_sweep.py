@@ -41,6 +41,9 @@ def test_sweep_runs_the_grid_and_a_rerun_skips_what_is_done(tmp_path):
     assert all(
         "depth must be 6n+2" in r["error"] for r in records.values() if r["status"] == "failed"
     )
+    # it ends with the M×D table and the figures
+    assert "| M \\ D" in first.stdout and "changing M moves top1" in first.stdout
+    assert (sweep_dir / "figures" / "curves.png").stat().st_size > 1000
 
     summaries = {p: p.read_text() for p in sweep_dir.glob("*/summary.json")}
     again = run(*args, cwd=tmp_path)
