@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
+import stat
 import sys
 from pathlib import Path
 
@@ -109,6 +111,10 @@ def test_manifest_records_schema_sources_settings_and_output_hashes(corpus):
         for lang, path in (("en", src), ("fr", tgt)):
             source = manifest["sources"][split][lang]
             assert source["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     on_disk = {p.name for p in out.iterdir()} - {"manifest.json"}
     assert set(manifest["outputs"]) == on_disk
     for name, digest in manifest["outputs"].items():
@@ -134,9 +140,10 @@ def test_preparing_again_is_a_no_op_and_deterministic_elsewhere(corpus, tmp_path
 def test_preparing_other_data_into_a_used_directory_is_refused(corpus, tmp_path):
     files, out, _ = corpus
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(UserError, match="already holds data prepared from other"):
-        prepare(out, files, settings=PrepareSettings(vocab_size=50, spm_threads=1))
-    with pytest.raises(UserError, match="already holds data prepared from other"):
+    other = PrepareSettings(vocab_size=50, max_len=60, max_ratio=3.0, spm_threads=1)
+    with pytest.raises(UserError, match=r"already holds data prepared with other settings \(vocab"):
+        prepare(out, files, settings=other)
+    with pytest.raises(UserError, match="already holds data prepared with other sources"):
         prepare(out, {"train": files["train"]}, settings=SETTINGS)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (tmp_path / "busy").mkdir()

@@ -125,10 +125,9 @@ def prepare_from_hf(
     split names to the dataset's."""
     out_dir = Path(out_dir)
     origin = {"kind": "huggingface", "dataset": dataset, "config": config, "splits": dict(splits)}
-    existing = _existing_manifest(out_dir)
-    if existing is not None and _same(existing, _identity(src_lang, tgt_lang, settings, origin)):
+    existing = _reuse_or_refuse(out_dir, _identity(src_lang, tgt_lang, settings, origin))
+    if existing is not None:
         return existing
-    _refuse_existing(out_dir, existing)
     try:
         import datasets
     except ImportError:
@@ -149,7 +148,10 @@ def prepare_from_hf(
                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
                 ) from None
             files[name] = (raw / f"{name}.{src_lang}", raw / f"{name}.{tgt_lang}")
-            with open(files[name][0], "w") as src, open(files[name][1], "w") as tgt:
+            with (
+                open(files[name][0], "w", encoding="utf-8") as src,
+                open(files[name][1], "w", encoding="utf-8") as tgt,
+            ):
                 for row in rows:
                     pair = row["translation"]
                     src.write(_one_line(pair[src_lang]) + "\n")
@@ -169,10 +171,6 @@ def _identity(
     return {"languages": [src_lang, tgt_lang], "settings": asdict(settings), "origin": origin}
 
 
-def _same(manifest: dict[str, Any], identity: dict[str, Any]) -> bool:
-    return all(manifest.get(key) == value for key, value in identity.items())
-
-
 def _existing_manifest(out_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((out_dir / MANIFEST).read_text())
@@ -181,13 +179,27 @@ def _existing_manifest(out_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _refuse_existing(out_dir: Path, existing: dict[str, Any] | None) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        what = "data prepared from other inputs or settings" if existing else "other files"
-        raise UserError(
-            f"{out_dir} already holds {what}; choose another directory or remove it "
-            "(prepared data is never overwritten)"
-        )
+def _reuse_or_refuse(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest if ``out_dir`` already holds this very data (preparing again is a no-op),
+    None if ``out_dir`` is absent or empty; anything else is refused, never overwritten."""
+    existing = _existing_manifest(out_dir)
+    if existing is not None:
+        found = existing | {"sources": _hashes(existing.get("sources", {}))}
+        differ = [key for key, value in identity.items() if found.get(key) != value]
+        if not differ:
+            return existing
+        if "settings" in differ:
+            names = [k for k, v in identity["settings"].items() if found["settings"].get(k) != v]
+            differ[differ.index("settings")] = f"settings ({', '.join(names)})"
+        what = f"data prepared with other {' and '.join(differ)}"
+    elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        what = "other files"
+    else:
+        return None
+    raise UserError(
+        f"{out_dir} already holds {what}; choose another directory or remove it "
+        "(prepared data is never overwritten)"
+    )
 
 
 def _prepare(
@@ -223,12 +235,9 @@ def _prepare(
                 f"({tgt['lines']} lines) are not aligned"
             )
     identity = _identity(src_lang, tgt_lang, settings, origin) | {"sources": _hashes(sources)}
-    existing = _existing_manifest(out_dir)
+    existing = _reuse_or_refuse(out_dir, identity)
     if existing is not None:
-        existing_identity = existing | {"sources": _hashes(existing.get("sources", {}))}
-        if _same(existing_identity, identity):
-            return existing
-    _refuse_existing(out_dir, existing)
+        return existing
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -256,6 +265,7 @@ def _prepare(
             "outputs": {p.name: _sha256(p) for p in sorted(build.iterdir())},
         }
         write_json(build / MANIFEST, manifest)
+        _readable_by_all(build, build / MANIFEST)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); rename cannot replace a directory portably
         os.replace(build, out_dir)
@@ -263,6 +273,14 @@ def _prepare(
         shutil.rmtree(build, ignore_errors=True)
         raise
     return {"schema_version": SCHEMA_VERSION, **manifest}
+
+
+def _readable_by_all(*paths: Path) -> None:
+    """Undo the private modes of temporary files: prepared data is shared (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _hashes(sources: dict[str, Any]) -> dict[str, Any]:
