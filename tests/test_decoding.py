@@ -175,3 +175,17 @@ def test_prepare_train_decode_bleu_end_to_end(tmp_path):
         hypotheses[7],
         hypotheses[2],
     ]
+
+
+def test_decoding_runs_under_bf16_autocast():
+    """As on GPU: the cache takes the projections' bf16 while the encoder output is float32."""
+    model, src = random_model()
+    model = model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        memory, mask = model.encode(src)
+        cache = model.start_cache(memory, mask)
+        model.decode_step(torch.full((len(src),), model.config.bos_id), cache)
+        model.decode_step(torch.full((len(src),), 5), cache)
+        outputs = beam_search(model, src, beam_size=2, **LIMITS)
+    assert cache.self_k[0].dtype == torch.bfloat16 and cache.self_k[0].shape[2] == 2
+    assert len(outputs) == len(src)

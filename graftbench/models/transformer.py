@@ -227,8 +227,10 @@ class DecoderCache:
     """What incremental decoding keeps between steps, for ``batch`` rows.
 
     ``self_k[i]``/``self_v[i]``: layer i's self-attention keys/values of the positions decoded
-    so far, grown by one position per step; ``cross_k``/``cross_v``: the encoder memory's keys
-    and values, projected once. ``src_mask``: ``(batch, 1, 1, src_len)``, True at real tokens.
+    so far, grown by one position per step (the lists are empty before the first step, so the
+    cache takes the dtype the projections give, e.g. bf16 under autocast). ``cross_k[i]``/
+    ``cross_v[i]``: the encoder memory's keys and values, projected once. ``src_mask``:
+    ``(batch, 1, 1, src_len)``, True at real tokens.
     """
 
     self_k: list[Tensor]
@@ -317,13 +319,9 @@ class Transformer(nn.Module):
     def start_cache(self, memory: Tensor, src_mask: Tensor) -> DecoderCache:
         """An empty cache with the cross-attention keys and values of ``memory``."""
         cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder]
-        empty = memory.new_empty(
-            memory.size(0), self.config.n_heads, 0, self.config.d_model // self.config.n_heads
-        )
-        n = len(self.decoder)
         return DecoderCache(
-            self_k=[empty] * n,
-            self_v=[empty] * n,
+            self_k=[],
+            self_v=[],
             cross_k=[k for k, _ in cross],
             cross_v=[v for _, v in cross],
             src_mask=src_mask,
@@ -333,10 +331,14 @@ class Transformer(nn.Module):
         """Logits ``(batch, vocab)`` for the next position after feeding ``tokens`` ``(batch,)``
         at position ``cache.length``; appends that position to the cache."""
         x = self._embed(self.tgt_embed, tokens[:, None], start=cache.length)
+        keys_values = []
         for i, layer in enumerate(self.decoder):
             cross = (cache.cross_k[i], cache.cross_v[i])
-            past = (cache.self_k[i], cache.self_v[i])
-            x, (cache.self_k[i], cache.self_v[i]) = layer(x, cross, cache.src_mask, past)
+            past = (cache.self_k[i], cache.self_v[i]) if cache.length else None
+            x, kv = layer(x, cross, cache.src_mask, past)
+            keys_values.append(kv)
+        cache.self_k = [k for k, _ in keys_values]
+        cache.self_v = [v for _, v in keys_values]
         cache.length += 1
         return self.output(self.decoder_norm(x[:, 0]))
 
