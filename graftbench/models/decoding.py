@@ -69,13 +69,15 @@ class _Steps:
         if self.cache is not None:
             logits = self.model.decode_step(prefixes[:, -1], self.cache)
         else:
-            logits = self.model.decode(prefixes, self.memory, self.src_mask)[:, -1]
+            logits = self.model.decode(prefixes, self.memory, self.src_mask, last_only=True)
         return logits.float().log_softmax(dim=-1)
 
-    def keep(self, rows: Tensor) -> None:
+    def keep(self, rows: Tensor, same_sources: bool = False) -> None:
+        """Keep ``rows``; ``same_sources``: each row's source is unchanged (see
+        :meth:`DecoderCache.reorder`)."""
         if self.cache is not None:
-            self.cache.reorder(rows)
-        else:
+            self.cache.reorder(rows, same_sources)
+        elif not same_sources:
             self.memory = self.memory.index_select(0, rows)
             self.src_mask = self.src_mask.index_select(0, rows)
 
@@ -126,8 +128,10 @@ def greedy_decode(
             log_probs = _constrain(steps.log_probs(prefixes), step, limits, min_len, model)
             tokens = log_probs.argmax(dim=-1)
             ended = tokens == eos
-            for row in ended.nonzero()[:, 0].tolist():
-                outputs[live[row]] = prefixes[row, 1:].tolist()
+            for sentence, output in zip(
+                live[ended].tolist(), prefixes[ended, 1:].tolist(), strict=True
+            ):
+                outputs[sentence] = output
             going = (~ended).nonzero()[:, 0]
             prefixes = torch.cat((prefixes[going], tokens[going, None]), dim=1)
             live, limits = live[going], limits[going]
@@ -177,11 +181,15 @@ def beam_search(
             top_beam, top_token = top // c.vocab_size, top % c.vocab_size
             is_eos = top_token == c.eos_id
 
-            ends = is_eos[:, :k] & top_scores[:, :k].isfinite()
-            penalty = gnmt_length_penalty(step + 1, length_penalty)
-            for i, j in ends.nonzero().tolist():
-                hypothesis = prefixes[i * k + top_beam[i, j], 1:].tolist()
-                finished[live[i]].append((top_scores[i, j].item() / penalty, hypothesis))
+            i, j = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero().unbind(1)
+            ended = zip(
+                live[i].tolist(),
+                (top_scores[i, j] / gnmt_length_penalty(step + 1, length_penalty)).tolist(),
+                prefixes[i * k + top_beam[i, j], 1:].tolist(),
+                strict=True,
+            )
+            for sentence, score, hypothesis in ended:
+                finished[sentence].append((score, hypothesis))
 
             # The best k non-EOS extensions live on (at most k of the 2k are EOS).
             order = torch.where(is_eos, 2 * k, torch.arange(2 * k, device=device))
@@ -196,7 +204,7 @@ def beam_search(
             prefixes = torch.cat((prefixes[parents], tokens), dim=1)
             scores = top_scores[going].gather(1, chosen)
             live, limits = live[going], limits[going]
-            steps.keep(parents)
+            steps.keep(parents, same_sources=len(going) == m)
             step += 1
         return [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
 

@@ -240,11 +240,19 @@ class DecoderCache:
     src_mask: Tensor
     length: int = 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows ``index`` (in that order): beams follow their parents, finished rows go."""
-        for tensors in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+    def reorder(self, index: Tensor, same_sources: bool = False) -> None:
+        """Keep rows ``index`` (in that order): beams follow their parents, finished rows go.
+
+        ``same_sources``: every row keeps its source sentence (beams only move among the rows
+        of their own sentence, whose cross-attention keys and values are equal), so only the
+        self-attention part is reordered.
+        """
+        parts = [self.self_k, self.self_v]
+        if not same_sources:
+            parts += [self.cross_k, self.cross_v]
+            self.src_mask = self.src_mask.index_select(0, index)
+        for tensors in parts:
             tensors[:] = [t.index_select(0, index) for t in tensors]
-        self.src_mask = self.src_mask.index_select(0, index)
 
 
 class Transformer(nn.Module):
@@ -305,12 +313,15 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x), mask
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """Logits ``(batch, tgt_len, vocab)`` for all target positions at once."""
+    def decode(
+        self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, last_only: bool = False
+    ) -> Tensor:
+        """Logits ``(batch, tgt_len, vocab)`` for all target positions at once, or
+        ``(batch, vocab)`` for the last one only (decoding without a cache)."""
         x = self._embed(self.tgt_embed, tgt_in)
         for layer in self.decoder:
             x, _ = layer(x, layer.cross_attn.keys_values(memory), src_mask)
-        return self.output(self.decoder_norm(x))
+        return self.output(self.decoder_norm(x[:, -1] if last_only else x))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, src_mask = self.encode(src)
