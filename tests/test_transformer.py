@@ -45,6 +45,10 @@ def test_paper_config_is_the_375m_model_and_tiny_builds_for_real():
     paper = CONFIGS["paper"]
     assert (paper.d_model, paper.d_ff, paper.n_heads, paper.vocab_size) == (1024, 8192, 16, 32000)
     assert paper.param_count() == 375_377_920
+    assert paper.describe() == (
+        "6+6 layers, d_model 1024, d_ff 8192, 16 heads, vocab 32000, pre-norm, untied: "
+        "375,377,920 parameters"
+    )
     tiny = transformer_config("tiny", vocab_size=60)
     assert Transformer(tiny).param_count() == expected_params(tiny)
 

@@ -85,6 +85,8 @@ class PrepareSettings:
 
 @dataclass(frozen=True)
 class Vocab:
+    """Size and special ids of the shared SentencePiece vocabulary."""
+
     size: int
     pad_id: int = PAD
     unk_id: int = UNK
@@ -366,25 +368,20 @@ def _encode_split(
                 processor.encode([pair[side] for pair in chunk], num_threads=settings.spm_threads)
                 for side in (0, 1)
             ]
-            keep = np.ones(len(chunk), dtype=bool)
-            if not evaluation:
-                for i, (s, t) in enumerate(zip(*encoded, strict=True)):
-                    reason = _filter_reason(len(s), len(t), settings)
-                    if reason:
-                        dropped[reason] += 1
-                        keep[i] = False
+            sizes = [np.fromiter(map(len, ids), np.int64, len(ids)) for ids in encoded]
+            keep = np.ones(len(chunk), bool) if evaluation else _keep(*sizes, settings, dropped)
             for side, lang in enumerate(langs):
                 ids = [seq for seq, k in zip(encoded[side], keep, strict=True) if k]
-                lengths[lang].append(np.fromiter(map(len, ids), np.int64, len(ids)))
+                lengths[lang].append(sizes[side][keep])
                 np.fromiter(itertools.chain.from_iterable(ids), dtype).tofile(bins[lang])
                 if evaluation:
                     texts[lang].writelines(pair[side] + "\n" for pair in chunk)
     info: dict[str, Any] = {"sentences": 0, "tokens": {}}
     for lang in langs:
-        sizes = np.concatenate(lengths[lang]) if lengths[lang] else np.zeros(0, np.int64)
-        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        counts = np.concatenate(lengths[lang]) if lengths[lang] else np.zeros(0, np.int64)
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         offsets.tofile(build / f"{name}.{lang}.idx")
-        info["sentences"] = len(sizes)
+        info["sentences"] = len(counts)
         info["tokens"][lang] = int(offsets[-1])
     if not evaluation:
         info["dropped"] = dropped
@@ -393,16 +390,22 @@ def _encode_split(
     return info
 
 
-def _filter_reason(src_len: int, tgt_len: int, settings: PrepareSettings) -> str | None:
-    if src_len == 0 or tgt_len == 0:
-        return "empty"
-    if settings.max_len is not None and max(src_len, tgt_len) > settings.max_len:
-        return "too_long"
-    if settings.max_ratio is not None and max(src_len, tgt_len) > settings.max_ratio * min(
-        src_len, tgt_len
-    ):
-        return "ratio"
-    return None
+def _keep(
+    src_len: np.ndarray, tgt_len: np.ndarray, settings: PrepareSettings, dropped: dict[str, int]
+) -> np.ndarray:
+    """Which pairs pass the training filters; each rejected pair is counted under the first
+    filter it fails (empty, too_long, ratio)."""
+    longer, shorter = np.maximum(src_len, tgt_len), np.minimum(src_len, tgt_len)
+    failures = {"empty": shorter == 0}
+    if settings.max_len is not None:
+        failures["too_long"] = longer > settings.max_len
+    if settings.max_ratio is not None:
+        failures["ratio"] = longer > settings.max_ratio * shorter
+    keep = np.ones(len(longer), dtype=bool)
+    for reason, failed in failures.items():
+        dropped[reason] += int((failed & keep).sum())
+        keep &= ~failed
+    return keep
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -410,7 +413,7 @@ class TokenArray:
     """Sentences of one language in one split, memory-mapped from ``.bin``/``.idx``."""
 
     def __init__(self, bin_path: Path, idx_path: Path, dtype: np.dtype) -> None:
-        self.offsets = np.fromfile(idx_path, dtype=np.int64)
+        self.offsets = np.memmap(idx_path, dtype=np.int64, mode="r")
         expected = int(self.offsets[-1]) * dtype.itemsize
         if bin_path.stat().st_size != expected:
             raise UserError(f"{bin_path} is truncated or corrupt (expected {expected} bytes)")
@@ -493,9 +496,6 @@ class TranslationData:
 
     def references(self, split: str) -> list[str]:
         return self.texts(split, self.tgt_lang)
-
-    def encode(self, lines: list[str]) -> list[list[int]]:
-        return self.tokenizer.encode(lines)
 
     def detokenize(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))

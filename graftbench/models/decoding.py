@@ -128,14 +128,16 @@ def greedy_decode(
             log_probs = _constrain(steps.log_probs(prefixes), step, limits, min_len, model)
             tokens = log_probs.argmax(dim=-1)
             ended = tokens == eos
-            for sentence, output in zip(
-                live[ended].tolist(), prefixes[ended, 1:].tolist(), strict=True
-            ):
-                outputs[sentence] = output
-            going = (~ended).nonzero()[:, 0]
-            prefixes = torch.cat((prefixes[going], tokens[going, None]), dim=1)
-            live, limits = live[going], limits[going]
-            steps.keep(going)
+            if ended.any():
+                for sentence, output in zip(
+                    live[ended].tolist(), prefixes[ended, 1:].tolist(), strict=True
+                ):
+                    outputs[sentence] = output
+                going = (~ended).nonzero()[:, 0]
+                prefixes, tokens = prefixes[going], tokens[going]
+                live, limits = live[going], limits[going]
+                steps.keep(going)
+            prefixes = torch.cat((prefixes, tokens[:, None]), dim=1)
             step += 1
         return outputs
 

@@ -86,6 +86,16 @@ class TransformerConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for logs, e.g. ``6+6 layers, d_model 1024, d_ff 8192, 16 heads, vocab 32000,
+        pre-norm, untied: 375,377,920 parameters``."""
+        tie = {"none": "untied", "decoder": "decoder-tied", "all": "all-tied"}[self.tie_embeddings]
+        return (
+            f"{self.encoder_layers}+{self.decoder_layers} layers, d_model {self.d_model}, "
+            f"d_ff {self.d_ff}, {self.n_heads} heads, vocab {self.vocab_size}, {self.norm}-norm, "
+            f"{tie}: {self.param_count():,} parameters"
+        )
+
 
 CONFIGS: dict[str, TransformerConfig] = {
     "tiny": TransformerConfig(
