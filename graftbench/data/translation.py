@@ -590,7 +590,8 @@ def _pack(sorted_lengths: np.ndarray, max_tokens: int | None, max_sentences: int
 @dataclass
 class TranslationBatch:
     """Padded ``(batch, length)`` int64 tensors: ``src`` = tokens + EOS, ``tgt_in`` = BOS +
-    tokens, ``tgt_out`` = tokens + EOS; ``indices`` are the sentences' positions in the split."""
+    tokens, ``tgt_out`` = tokens + EOS; ``indices`` are the sentences' positions in the split
+    (they stay on the CPU in :meth:`to`)."""
 
     src: Tensor
     tgt_in: Tensor
