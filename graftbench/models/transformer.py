@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,9 +82,6 @@ class TransformerConfig:
         """Exact number of trainable parameters, counted on the meta device (no memory)."""
         with torch.device("meta"):
             return Transformer(self).param_count()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def describe(self) -> str:
         """One line for logs, e.g. ``6+6 layers, d_model 1024, d_ff 8192, 16 heads, vocab 32000,
