@@ -17,7 +17,7 @@ from graftbench.models.decoding import (
     translate,
 )
 from graftbench.models.transformer import Transformer, label_smoothed_loss, transformer_config
-from tests.test_translation_data import write_corpus
+from tests.text_helpers import write_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,11 @@ from graftbench.models.transformer import (
     CONFIGS,
     Transformer,
     TransformerConfig,
-    average_checkpoints,
     label_smoothed_loss,
     sinusoidal_positions,
     transformer_config,
 )
+from graftbench.train.checkpoint import average
 
 
 def expected_params(c: TransformerConfig) -> int:
@@ -178,17 +178,15 @@ def test_averaging_checkpoints_means_floats_and_keeps_the_last_integers(tmp_path
         states.append(state)
         paths.append(tmp_path / f"ckpt{i}.pt")
         torch.save({"model": state, "step": i}, paths[-1])
-    averaged = average_checkpoints(paths)
+    averaged = average(paths)
     assert torch.allclose(averaged["w"], sum(s["w"] for s in states) / 3, atol=1e-6)
     assert averaged["h"].dtype == torch.float16
     assert torch.allclose(averaged["h"].float(), sum(s["h"].float() for s in states) / 3, atol=1e-3)
     assert averaged["n"].item() == 2
     torch.save({"w": torch.zeros(3, 2)}, tmp_path / "bare.pt")
-    assert torch.equal(
-        average_checkpoints([tmp_path / "bare.pt"], key=None)["w"], torch.zeros(3, 2)
-    )
+    assert torch.equal(average([tmp_path / "bare.pt"], key=None)["w"], torch.zeros(3, 2))
     torch.save({"model": {"w": torch.zeros(3, 2)}}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="other tensors"):
-        average_checkpoints([*paths, tmp_path / "other.pt"])
+        average([*paths, tmp_path / "other.pt"])
     with pytest.raises(UserError, match="does not exist"):
-        average_checkpoints([tmp_path / "missing.pt"])
+        average([tmp_path / "missing.pt"])

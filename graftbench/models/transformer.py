@@ -22,9 +22,7 @@ float32 whatever the logits' dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -38,9 +36,9 @@ __all__ = [
     "DecoderCache",
     "Transformer",
     "TransformerConfig",
-    "average_checkpoints",
     "label_smoothed_loss",
     "sinusoidal_positions",
+    "transformer",
     "transformer_config",
 ]
 
@@ -381,30 +379,8 @@ def label_smoothed_loss(
     return loss, (target != pad_id).sum()
 
 
-def average_checkpoints(paths: Sequence[Path], key: str | None = "model") -> dict[str, Tensor]:
-    """Mean of the model state dicts saved in ``paths`` (e.g. the last N checkpoints).
-
-    Floating-point tensors are averaged (accumulated in float64, returned in their dtype);
-    anything else (integer buffers, step counters) is taken from the last file. ``key`` names
-    the state dict inside each checkpoint; ``None`` means the file is the state dict itself.
-    """
-    if not paths:
-        raise UserError("no checkpoints to average")
-    states = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise UserError(f"checkpoint {path} does not exist")
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        states.append(loaded if key is None else loaded[key])
-    last = states[-1]
-    for path, state in zip(paths, states, strict=True):
-        if state.keys() != last.keys():
-            raise UserError(f"checkpoint {path} holds other tensors than {paths[-1]}")
-    averaged = {}
-    for name, tensor in last.items():
-        if torch.is_floating_point(tensor):
-            total = sum(state[name].to(torch.float64) for state in states)
-            averaged[name] = (total / len(states)).to(tensor.dtype)
-        else:
-            averaged[name] = tensor.clone()
-    return averaged
+def transformer(size: str = "base", **options: Any) -> Transformer:
+    """The Transformer of a named size (``tiny``, ``base``, ``paper``) with ``options``, e.g.
+    the prepared data's vocabulary size and special ids (what conf/model/transformer_*.yaml
+    instantiate)."""
+    return Transformer(transformer_config(size, **options))

@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+from graftbench.errors import UserError
 
 LAST = "last.pt"
 
@@ -84,3 +88,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def average(paths: Sequence[Path], key: str | None = "model") -> dict[str, Tensor]:
+    """Mean of the model state dicts saved in ``paths`` (e.g. the last N checkpoints).
+
+    Floating-point tensors are averaged (accumulated in float64, returned in their dtype);
+    anything else (integer buffers, step counters) is taken from the last file. ``key`` names
+    the state dict inside each checkpoint; ``None`` means the file is the state dict itself.
+    """
+    if not paths:
+        raise UserError("no checkpoints to average")
+    states = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"checkpoint {path} does not exist")
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        states.append(loaded if key is None else loaded[key])
+    last = states[-1]
+    for path, state in zip(paths, states, strict=True):
+        if state.keys() != last.keys():
+            raise UserError(f"checkpoint {path} holds other tensors than {paths[-1]}")
+    averaged = {}
+    for name, tensor in last.items():
+        if torch.is_floating_point(tensor):
+            total = sum(state[name].to(torch.float64) for state in states)
+            averaged[name] = (total / len(states)).to(tensor.dtype)
+        else:
+            averaged[name] = tensor.clone()
+    return averaged

@@ -16,6 +16,7 @@ non-finite loss marks the run diverged at its first bad step) and the stop decis
 
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from contextlib import nullcontext
@@ -31,7 +32,7 @@ from graftbench import rundir
 from graftbench.optim import Graft
 from graftbench.optim.schedules import make_schedule, make_scheduler
 from graftbench.train import checkpoint
-from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum
+from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum, barrier
 from graftbench.train.logging import RunLogger
 from graftbench.train.tasks import Task, make_task
 
@@ -53,6 +54,7 @@ class Outcome:
     wall_time_s: float = 0.0
     replica_checksums: list[float] = field(default_factory=list)
     stop_signal: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -99,6 +101,7 @@ class Engine:
         self.step_in_epoch = 0
         self.best: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
+        self.notes: dict[str, Any] = {}
         self.elapsed = 0.0
         self.stop_signal: int | None = None
         self.diverged_step: int | None = None
@@ -149,18 +152,21 @@ class Engine:
                     f"the task's epoch {self.epoch} ended after {self.step_in_epoch} of "
                     f"{self.steps_per_epoch} steps"
                 )
-        if self.last_eval.get("step") != self.step:
-            self._evaluate()
+        self._evaluate(final=True)
         self._save()
         outcome = self._outcome()
         outcome.replica_checksums = self._replica_checksums()
+        outcome.notes = self.notes
         return outcome
 
     def _end_epoch(self) -> None:
         self.epoch += 1
         self.step_in_epoch = 0
-        if self.epoch % max(1, self.cfg.trainer.eval_every_epochs) == 0:
+        every = max(1, self.cfg.trainer.eval_every_epochs)
+        if self.epoch % every == 0 and self.step < self.last_step:  # the last: final eval
             self._evaluate()
+        if self.cfg.trainer.average_last > 1:
+            self._save_for_averaging()
         self._save()
 
     def _due(self, every: int | None) -> bool:
@@ -196,32 +202,31 @@ class Engine:
         return stats
 
     def _sync(self, window: _Window, *, log: bool) -> str | None:
-        """Read the window's statistics on the host: log, and decide whether to stop."""
-        values = torch.stack(window.stats).cpu()
-        losses = values[:, 0] / values[:, 1]
-        first_step = self.step - len(window.stats) + 1
-        bad = (~torch.isfinite(losses)).nonzero()
+        """Read the steps not looked at yet: divergence and the stop flag; at a logging step,
+        log the window since the last log and start a new one."""
+        values = torch.stack(window.stats[window.checked :]).cpu()
+        first_step = self.step - len(values) + 1
+        window.checked = len(window.stats)
+        bad = (~torch.isfinite(values[:, 0] / values[:, 1])).nonzero()
         if len(bad):
             self.diverged_step = first_step + int(bad[0])
             return "diverged"
         if log:
             now = time.perf_counter()
+            totals = torch.stack(window.stats).sum(dim=0).tolist()
             seconds = now - window.start
-            samples = float(values[:, 1].sum())
             record = {
                 "step": self.step,
                 "epoch": self.step / self.steps_per_epoch,
-                "loss": float(losses.mean()),
+                "loss": totals[0] / totals[1],  # the mean over every sample of the window
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "samples_per_s": samples / seconds,
+                "samples_per_s": totals[1] / seconds,
                 "step_time_s": seconds / len(window.stats),
                 "graft": self.optimizer.correction_summary(),
             }
             self.logger.log("train", record)
             self.logger.advance(self.step, f"loss {record['loss']:.4f}")
             window.reset(now)
-        else:
-            window.stats.clear()
         if float(values[-1, 2]) > 0:
             return "interrupted"
         return None
@@ -232,17 +237,46 @@ class Engine:
             ratios = {name: v["ratio"] for name, v in correction.items()}
             self.logger.log("layers", {"step": self.step, "ratio": ratios})
 
-    def _evaluate(self) -> None:
-        self.model.eval()
+    def _evaluate(self, final: bool = False) -> None:
+        model, notes = self.model, {}
+        if final and self.cfg.trainer.average_last > 1:
+            model, notes["averaged_checkpoints"] = self._averaged_model()
+        model.eval()
         with torch.no_grad(), self.autocast:
-            metrics = self.task.evaluate(self.model, self.dist)
-        self.last_eval = {"step": self.step, **metrics}
+            metrics = self.task.evaluate(model, self.dist, final=final)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        notes.update({k: v for k, v in metrics.items() if k not in numbers})
+        self.last_eval = {"step": self.step, **numbers}
+        self.notes = notes
+        epoch = self.step / self.steps_per_epoch
         self.logger.log(
-            "eval", {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
+            "eval", {"step": self.step, "epoch": epoch, "final": final, **metrics, **notes}
         )
-        for name, value in metrics.items():
-            better = min if name == "loss" else max
+        for name, value in numbers.items():
+            better = min if name in ("loss", "ppl") else max
             self.best[name] = better(self.best.get(name, value), value)
+
+    def _epoch_checkpoints(self) -> list[Path]:
+        return sorted((self.run_dir / rundir.CKPT).glob("epoch_*.pt"))
+
+    def _save_for_averaging(self) -> None:
+        """Keep the model of the last ``trainer.average_last`` epochs for the final average."""
+        if not self.dist.main:
+            return
+        path = self.run_dir / rundir.CKPT / f"epoch_{self.epoch:05d}.pt"
+        checkpoint.save(path, {"model": self.module.state_dict()})
+        for old in self._epoch_checkpoints()[: -self.cfg.trainer.average_last]:
+            old.unlink()
+
+    def _averaged_model(self) -> tuple[torch.nn.Module, int]:
+        """A copy of the model holding the mean of the last epochs' weights."""
+        barrier(self.dist)
+        paths = self._epoch_checkpoints()[-self.cfg.trainer.average_last :]
+        if not paths:
+            return self.model, 0
+        averaged = copy.deepcopy(self.module)
+        averaged.load_state_dict(checkpoint.average(paths))
+        return averaged, len(paths)
 
     # -- endings ---------------------------------------------------------------------------
     def _finish(self, verdict: str) -> Outcome:
@@ -315,10 +349,12 @@ class Engine:
 
 
 class _Window:
-    """Per-step statistics since the host last looked."""
+    """Per-step statistics ([loss sum, count, stop flag]) since the last log; the host has
+    looked at the first ``checked`` of them."""
 
     def __init__(self, start: float) -> None:
         self.stats: list[torch.Tensor] = []
+        self.checked = 0
         self.start = start
 
     def add(self, stats: torch.Tensor) -> None:
@@ -326,6 +362,7 @@ class _Window:
 
     def reset(self, start: float) -> None:
         self.stats.clear()
+        self.checked = 0
         self.start = start
 
 

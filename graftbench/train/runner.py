@@ -140,6 +140,7 @@ def execute(run_dir: Path) -> int:
         "best": outcome.best,
         "diverged_step": outcome.diverged_step,
         "replica_checksums": outcome.replica_checksums,
+        "notes": outcome.notes,
     }
     _end(run_dir, status, summary=summary, step=outcome.step, diverged_step=outcome.diverged_step)
     return EXIT_DIVERGED if status is Status.DIVERGED else EXIT_DONE
