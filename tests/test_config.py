@@ -14,8 +14,10 @@ from graftbench import config
 from graftbench.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-# ImageNet (also selected by model=resnet50) has a mandatory root; ++ sets it or adds it.
-ROOT = "++data.root=/tmp/imagenet"
+# ImageNet and WMT14 have a mandatory root; ++ sets it or adds it.
+ROOT = "++data.root=/tmp/data"
+# Options that only make sense with another choice (translation data needs a translation model)
+COMPANION = {("data", "wmt14"): ["model=transformer_tiny"]}
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -25,7 +27,7 @@ def all_options() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("group", "option"), all_options())
 def test_every_config_in_conf_composes(group, option):
     key = "magnitude" if group == "optim" else group
-    cfg = config.compose([f"{key}={option}", ROOT])
+    cfg = config.compose([f"{key}={option}", ROOT, *COMPANION.get((group, option), [])])
     assert OmegaConf.select(cfg, "magnitude.name")
     assert cfg.direction == cfg.magnitude  # direction left out: the plain optimizer
 

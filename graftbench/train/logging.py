@@ -54,7 +54,10 @@ class RunLogger:
         if self.progress is not None:
             self.progress.stop()
         if self.wandb is not None:
+            import wandb
+
             self.wandb.finish()
+            wandb.teardown()  # stop the service now, not in an exit hook of a later process
 
 
 def _progress_bar() -> Progress:
