@@ -38,9 +38,9 @@ CPU = [
     "data.source.train_size=20000",
     "data.source.val_size=128",
     "model=small_resnet",
-    "model.depth=20",
+    "model.depth=8",
     "model.width=16",
-    "trainer.batch_size=128",
+    "trainer.batch_size=64",
     "trainer.device=cpu",
 ]
 GPU = [
@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="warm-up = measured steps")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     base = CPU if args.device == "cpu" else GPU
     steps = args.steps or (20 if args.device == "cpu" else 50)
