@@ -16,7 +16,7 @@ import copy
 import difflib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -253,46 +253,32 @@ def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = Fal
         where = f" under {parent!r}" if parent else ""
         did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
         raise UserError(f"unknown key {key!r}; {did_you_mean}valid keys{where}: {', '.join(valid)}")
-    expected = _expected_type(current)
-    for value in values:
-        if expected is not None and not _fits(value, current):
-            raise UserError(f"{key}: expected {expected}, got {value!r}")
+    for kind, expected, fits in _KINDS:
+        if isinstance(current, kind):
+            for value in values:
+                if value is not None and not fits(value):
+                    raise UserError(f"{key}: expected {expected}, got {value!r}")
+            return
 
 
-def _expected_type(current: Any) -> str | None:
-    if current is None:
-        return None
-    if isinstance(current, bool):
-        return "true or false"
-    if isinstance(current, int):
-        return "an integer"
-    if isinstance(current, float):
-        return "a number"
-    if isinstance(current, str):
-        return "a string"
-    if isinstance(current, ListConfig):
-        return "a list like [a,b]"
-    if isinstance(current, DictConfig):
-        return "a mapping (set its keys one by one, e.g. key.sub=value)"
-    return None
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _fits(value: Any, current: Any) -> bool:
-    if value is None:
-        return True  # null turns an option off
-    if isinstance(current, bool):
-        return isinstance(value, bool)
-    if isinstance(current, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(current, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(current, str):
-        return isinstance(value, str | int | float) and not isinstance(value, bool)
-    if isinstance(current, ListConfig):
-        return isinstance(value, list)
-    if isinstance(current, DictConfig):
-        return isinstance(value, dict)
-    return True
+# What a new value must be, by the kind of the value it replaces (first match wins: bool
+# before int); None and ??? accept anything, and null is always accepted (it turns a key off).
+_KINDS: tuple[tuple[type, str, Callable[[Any], bool]], ...] = (
+    (bool, "true or false", lambda v: isinstance(v, bool)),
+    (int, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    (float, "a number", _is_number),
+    (str, "a string", lambda v: isinstance(v, str) or _is_number(v)),
+    (ListConfig, "a list like [a,b]", lambda v: isinstance(v, list)),
+    (
+        DictConfig,
+        "a mapping (set its keys one by one, e.g. key.sub=value)",
+        lambda v: isinstance(v, dict),
+    ),
+)
 
 
 def _one_line(err: BaseException) -> str:
