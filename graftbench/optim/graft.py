@@ -9,8 +9,9 @@ weights, dM and dD. The grafted step is
 per parameter tensor (``granularity="layer"``) or with norms over all tensors
 (``granularity="global"``). dM includes M's learning rate, so an LR schedule acts through M.
 
-Cost: M's update is reduced to its norms and freed before D's is computed; the grafted step is
-applied with one foreach pass. No weights are copied or reverted, nothing syncs with the host,
+Cost: M's update is reduced to its norms before D's is computed, in the same workspace (one
+scratch tensor per parameter, kept between steps, for the rules that need one); the grafted step
+is applied with one foreach pass. No weights are copied or reverted, nothing syncs with the host,
 and ``Graft(M, M)`` (same rule and hyperparameters, learning rates aside - D's learning rate
 never changes a direction) is M itself at M's cost.
 
@@ -53,6 +54,7 @@ class _Bucket:
     grads: list[Tensor] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    workspace: list[Tensor] | None = None
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Graft(torch.optim.Optimizer):
             self.magnitude, self.direction
         )
         self.last_step: list[_Record] = []
+        # Scratch tensors shared by M and D, one per parameter: not state, never checkpointed.
+        self._workspace: dict[Tensor, Tensor] = {}
         mag = dict(self.magnitude.hyperparams)
         defaults = {"lr": mag.pop("lr"), "magnitude": mag, "direction": self.direction.hyperparams}
         super().__init__(params, defaults)
@@ -163,13 +167,19 @@ class Graft(torch.optim.Optimizer):
             for b in buckets:
                 update = self._update(self.magnitude, "magnitude", b)
                 self._decay(b)
-                torch._foreach_add_(b.params, update.tensors, alpha=update.scale)
+                if update.divisors is None:
+                    torch._foreach_add_(b.params, update.tensors, alpha=update.scale)
+                else:
+                    torch._foreach_addcdiv_(
+                        b.params, update.tensors, update.divisors, value=update.scale
+                    )
             return loss
 
         magnitude_norms = []
-        for b in buckets:  # M's update is reduced to its norms and freed straight away
-            magnitude_norms.append(_norms(self._update(self.magnitude, "magnitude", b)))
-        directions = [self._update(self.direction, "direction", b) for b in buckets]
+        for b in buckets:  # M's update is reduced to its norms: D may reuse its workspace
+            update = self._update(self.magnitude, "magnitude", b).materialised()
+            magnitude_norms.append(_norms(update))
+        directions = [self._update(self.direction, "direction", b).materialised() for b in buckets]
         direction_norms = [_norms(d) for d in directions]
         ratios = self._ratios(magnitude_norms, direction_norms)
         self.last_step = []
@@ -188,6 +198,7 @@ class Graft(torch.optim.Optimizer):
             names = group.get("param_names") or [
                 f"{index}.{i}" for i in range(len(group["params"]))
             ]
+            workspace = self._uses_workspace(group)
             for p, name in zip(group["params"], names, strict=True):
                 if p.grad is None:
                     continue
@@ -201,11 +212,26 @@ class Graft(torch.optim.Optimizer):
                 bucket = buckets.get(key)
                 if bucket is None:
                     bucket = buckets[key] = _Bucket(group, state["step"])
+                    if workspace:
+                        bucket.workspace = []
                 bucket.params.append(p)
                 bucket.grads.append(p.grad)
                 bucket.states.append(state)
                 bucket.names.append(name)
+                if workspace:
+                    bucket.workspace.append(self._scratch(p))
         return list(buckets.values())
+
+    def _uses_workspace(self, group: Mapping[str, Any]) -> bool:
+        return self.magnitude.uses_workspace(self._hyperparams(group, "magnitude")) or (
+            not self.plain and self.direction.uses_workspace(self._hyperparams(group, "direction"))
+        )
+
+    def _scratch(self, p: Tensor) -> Tensor:
+        scratch = self._workspace.get(p)
+        if scratch is None:
+            scratch = self._workspace[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return scratch
 
     def _init_state(self, p: Tensor, group: Mapping[str, Any], state: dict[str, Any]) -> None:
         state["step"] = 0
@@ -215,7 +241,8 @@ class Graft(torch.optim.Optimizer):
 
     def _update(self, rule: Rule, role: str, b: _Bucket) -> Update:
         states = [s[role] for s in b.states]
-        return rule.update(b.params, b.grads, states, self._hyperparams(b.group, role), b.step)
+        hp = self._hyperparams(b.group, role)
+        return rule.update(b.params, b.grads, states, hp, b.step, b.workspace)
 
     def _decay(self, b: _Bucket) -> None:
         rate = self._decoupled_decay(b.group["magnitude"], b.group["direction"])

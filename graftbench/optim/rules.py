@@ -5,12 +5,23 @@ e.g. in ``Graft.state[p]``) and ``update`` turns a bucket of gradients - tensors
 param group, device, dtype and step count - into the step those parameters would take, with
 ``torch._foreach_*`` ops over the whole bucket.
 
-The step is returned as ``Update(tensors, scale)`` meaning ``scale * tensors``. Rules return the
+The step is returned as ``Update(tensors, scale)`` meaning ``scale * tensors``, or
+``Update(tensors, scale, divisors)`` meaning ``scale * tensors / divisors``. Rules return the
 unscaled tensors, which may alias their own state (SGD's momentum buffer) or the gradients, so a
-caller can take norms and apply the step without materialising ``scale * tensors``. Callers must
-treat both the gradients and the returned tensors as read-only. Rules never touch the weights:
-coupled (L2) weight decay enters through the gradient, decoupled weight decay is applied by the
-caller once per step (see ``Rule.decoupled_decay``).
+caller can take norms and apply the step without materialising ``scale * tensors``; a quotient is
+left undivided so that a caller who only applies it can do so in one ``addcdiv`` pass. Callers
+must treat both the gradients and the returned tensors as read-only; divisors are scratch they
+may overwrite. Rules never touch the weights: coupled (L2) weight decay enters through the
+gradient, decoupled weight decay is applied by the caller once per step (see
+``Rule.decoupled_decay``).
+
+A rule that needs a scratch buffer per tensor (a denominator, a copy to modify) computes in the
+caller's ``workspace`` when one is passed (see ``Rule.uses_workspace``) rather than allocating:
+on CPU a fresh buffer the size of the model costs a page fault per 4 KiB, more than a pass over it.
+
+Adam and AdaGrad run torch's fused multi-tensor kernels where torch has them (CPU and CUDA): one
+pass updates the state and writes the step into a zeroed workspace, where the same computation
+with foreach ops takes about a dozen passes. Elsewhere they fall back to foreach ops.
 
 Hyperparameter names and defaults follow ``torch.optim``: ``make_rule({"name": "adam", **kw})``
 steps like ``torch.optim.Adam(**kw)``.
@@ -32,10 +43,21 @@ __all__ = ["RULES", "Rule", "TorchRule", "Update", "available", "make_rule"]
 
 
 class Update(NamedTuple):
-    """The step ``scale * tensors``; ``tensors`` may alias rule state or gradients (read-only)."""
+    """The step ``scale * tensors`` (``/ divisors`` where given).
+
+    ``tensors`` may alias rule state or gradients (read-only); ``divisors`` are scratch (the
+    workspace or fresh tensors, never state) that the caller may overwrite.
+    """
 
     tensors: list[Tensor]
     scale: float
+    divisors: list[Tensor] | None = None
+
+    def materialised(self) -> Update:
+        """The same step without divisors: the quotient is computed in the divisors' storage."""
+        if self.divisors is None:
+            return self
+        return Update(_inverse_times(self.divisors, self.tensors), self.scale)
 
 
 RULES: dict[str, type[Rule]] = {}
@@ -124,6 +146,10 @@ class Rule:
         return torch._foreach_add(grads, params, alpha=wd) if wd else grads
 
     # -- the rule --------------------------------------------------------------------------
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        """Whether ``update`` computes in a workspace (one scratch tensor per parameter)."""
+        return False
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         """Fresh per-parameter state."""
         raise NotImplementedError
@@ -135,8 +161,13 @@ class Rule:
         states: list[dict[str, Any]],
         hp: Mapping[str, Any],
         step: int,
+        workspace: list[Tensor] | None = None,
     ) -> Update:
-        """The step for one bucket; ``step`` counts from 1 and is the same for the bucket."""
+        """The step for one bucket; ``step`` counts from 1 and is the same for the bucket.
+
+        ``workspace``: tensors shaped like ``params`` whose contents the rule may overwrite and
+        return in the update; without one, a rule that uses a workspace allocates it.
+        """
         raise NotImplementedError
 
 
@@ -158,6 +189,50 @@ def _zeros(param: Tensor) -> Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
+def _scratch(params: list[Tensor], workspace: list[Tensor] | None) -> list[Tensor]:
+    """The workspace, or fresh tensors shaped like ``params`` for a caller that passed none."""
+    if workspace is not None:
+        return workspace
+    return [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+
+
+def _copy(tensors: list[Tensor], workspace: list[Tensor]) -> list[Tensor]:
+    torch._foreach_copy_(workspace, tensors)
+    return workspace
+
+
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _fusable(params: list[Tensor], *others: list[Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels may run on these tensors.
+
+    The kernels read every tensor as flat memory (unchecked on CPU), so each parameter must be
+    dense and each of its companions (gradient, state, workspace) laid out like it.
+    """
+    if params[0].device.type not in _FUSED_DEVICES or not params[0].is_floating_point():
+        return False
+    for i, p in enumerate(params):
+        layout = p.stride()
+        if not _dense(p) or any(tensors[i].stride() != layout for tensors in others):
+            return False
+    return True
+
+
+def _dense(t: Tensor) -> bool:
+    return (
+        t.is_contiguous()
+        or t.is_contiguous(memory_format=torch.channels_last)
+        or t.is_contiguous(memory_format=torch.channels_last_3d)
+    )
+
+
+def _step_counts(params: list[Tensor], step: int) -> list[Tensor]:
+    """The step count as the fused kernels take it: a float32 scalar on the device, per tensor."""
+    count = torch.full((), float(step), dtype=torch.float32, device=params[0].device)
+    return [count] * len(params)
+
+
 class SGD(Rule):
     """torch.optim.SGD: heavy-ball or Nesterov momentum with dampening."""
 
@@ -175,10 +250,13 @@ class SGD(Rule):
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError("sgd: nesterov momentum requires momentum > 0 and dampening = 0")
 
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        return hp["nesterov"]
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": _zeros(param)} if hp["momentum"] else {}
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         grads = self.decayed_grads(params, grads, hp)
         momentum = hp["momentum"]
         if not momentum:
@@ -190,7 +268,9 @@ class SGD(Rule):
             torch._foreach_mul_(bufs, momentum)
             torch._foreach_add_(bufs, grads, alpha=1 - hp["dampening"])
         if hp["nesterov"]:
-            return Update(torch._foreach_add(grads, bufs, alpha=momentum), -hp["lr"])
+            nesterov = _copy(grads, _scratch(params, workspace))
+            torch._foreach_add_(nesterov, bufs, alpha=momentum)
+            return Update(nesterov, -hp["lr"])
         return Update(bufs, -hp["lr"])
 
 
@@ -211,29 +291,56 @@ class Adam(Rule):
         if len(hp["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in hp["betas"]):
             raise ValueError(f"{self.name}: invalid betas {hp['betas']}: need two values in [0, 1)")
 
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        return True
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         state = {"exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
         if hp["amsgrad"]:
             state["max_exp_avg_sq"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         beta1, beta2 = hp["betas"]
         grads = self.decayed_grads(params, grads, hp)
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        maxima = [s["max_exp_avg_sq"] for s in states] if hp["amsgrad"] else []
+        workspace = _scratch(params, workspace)
+        companions = [grads, exp_avgs, exp_avg_sqs, workspace] + ([maxima] if maxima else [])
+        if _fusable(params, *companions):
+            # torch's Adam step from zero weights with lr 1 is -(m / (1 - beta1**t)) / denom.
+            torch._foreach_zero_(workspace)
+            torch._fused_adam_(
+                workspace,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                maxima,
+                _step_counts(params, step),
+                lr=1.0,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=hp["eps"],
+                amsgrad=hp["amsgrad"],
+                maximize=False,
+            )
+            return Update(workspace, hp["lr"])
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        if hp["amsgrad"]:
-            second = [s["max_exp_avg_sq"] for s in states]
-            torch._foreach_maximum_(second, exp_avg_sqs)
-        else:
-            second = exp_avg_sqs
-        denom = torch._foreach_sqrt(second)
-        torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
-        torch._foreach_add_(denom, hp["eps"])
-        return Update(_inverse_times(denom, exp_avgs), -hp["lr"] / (1 - beta1**step))
+        if maxima:
+            torch._foreach_maximum_(maxima, exp_avg_sqs)
+        second = maxima or exp_avg_sqs
+        # torch's m / (sqrt(v) / c + eps) with c = sqrt(1 - beta2**step), computed as
+        # c * m / (sqrt(v) + c * eps): the bias correction moves into scale and eps, saving a pass.
+        correction = math.sqrt(1 - beta2**step)
+        denom = _copy(second, workspace)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, hp["eps"] * correction)
+        scale = -hp["lr"] * correction / (1 - beta1**step)
+        return Update(exp_avgs, scale, denom)
 
 
 class AdamW(Adam):
@@ -262,26 +369,49 @@ class Adagrad(Rule):
         decoupled_weight_decay=False,
     )
 
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        return not hp["momentum"]  # with momentum, the fused kernel works in the buffer
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         state = {"sum": torch.full_like(param, hp["initial_accumulator_value"])}
         if hp["momentum"]:
             state["momentum_buffer"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         grads = self.decayed_grads(params, grads, hp)
         sums = [s["sum"] for s in states]
-        torch._foreach_addcmul_(sums, grads, grads, 1)
-        std = torch._foreach_sqrt(sums)
-        torch._foreach_add_(std, hp["eps"])
-        direction = _inverse_times(std, grads)
         lr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
-        if hp["momentum"]:
-            bufs = [s["momentum_buffer"] for s in states]
+        bufs = [s["momentum_buffer"] for s in states] if hp["momentum"] else None
+        # The fused kernel steps its "weights" by -clr * g / std: with momentum, the (scaled)
+        # buffer itself with clr = -1; without, a zeroed workspace with clr = 1.
+        target = bufs if bufs else _scratch(params, workspace)
+        if _fusable(params, grads, sums, target):
+            if bufs:
+                torch._foreach_mul_(bufs, hp["momentum"])
+            else:
+                torch._foreach_zero_(target)
+            torch._fused_adagrad_(
+                target,
+                grads,
+                sums,
+                _step_counts(params, step),
+                lr=-1.0 if bufs else 1.0,
+                lr_decay=0.0,
+                weight_decay=0.0,
+                eps=hp["eps"],
+                maximize=False,
+            )
+            return Update(target, -lr if bufs else lr)
+        torch._foreach_addcmul_(sums, grads, grads, 1)
+        std = _copy(sums, _scratch(params, workspace))
+        torch._foreach_sqrt_(std)
+        torch._foreach_add_(std, hp["eps"])
+        if bufs:
             torch._foreach_mul_(bufs, hp["momentum"])
-            torch._foreach_add_(bufs, direction)
+            torch._foreach_addcdiv_(bufs, grads, std)
             return Update(bufs, -lr)
-        return Update(direction, -lr)
+        return Update(grads, -lr, std)
 
 
 class RMSprop(Rule):
@@ -302,6 +432,9 @@ class RMSprop(Rule):
         if not 0.0 <= hp["alpha"] <= 1.0:
             raise ValueError(f"rmsprop: invalid alpha {hp['alpha']}: must be in [0, 1]")
 
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        return True
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         state = {"square_avg": _zeros(param)}
         if hp["momentum"]:
@@ -310,27 +443,25 @@ class RMSprop(Rule):
             state["grad_avg"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         alpha = hp["alpha"]
         grads = self.decayed_grads(params, grads, hp)
         square_avgs = [s["square_avg"] for s in states]
         torch._foreach_mul_(square_avgs, alpha)
         torch._foreach_addcmul_(square_avgs, grads, grads, 1 - alpha)
+        avg = _copy(square_avgs, _scratch(params, workspace))
         if hp["centered"]:
             grad_avgs = [s["grad_avg"] for s in states]
             torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
-            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, -1)
-            torch._foreach_sqrt_(avg)
-        else:
-            avg = torch._foreach_sqrt(square_avgs)
+            torch._foreach_addcmul_(avg, grad_avgs, grad_avgs, -1)
+        torch._foreach_sqrt_(avg)
         torch._foreach_add_(avg, hp["eps"])
-        direction = _inverse_times(avg, grads)
         if hp["momentum"]:
             bufs = [s["momentum_buffer"] for s in states]
             torch._foreach_mul_(bufs, hp["momentum"])
-            torch._foreach_add_(bufs, direction)
+            torch._foreach_addcdiv_(bufs, grads, avg)
             return Update(bufs, -hp["lr"])
-        return Update(direction, -hp["lr"])
+        return Update(grads, -hp["lr"], avg)
 
 
 class Lion(Rule):
@@ -347,14 +478,18 @@ class Lion(Rule):
 
     check = Adam.check
 
+    def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
+        return True
+
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"exp_avg": _zeros(param)}
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         beta1, beta2 = hp["betas"]
         grads = self.decayed_grads(params, grads, hp)
         exp_avgs = [s["exp_avg"] for s in states]
-        direction = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+        direction = _copy(exp_avgs, _scratch(params, workspace))
+        torch._foreach_lerp_(direction, grads, 1 - beta1)
         torch._foreach_sign_(direction)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
         return Update(direction, -hp["lr"])
@@ -391,7 +526,7 @@ class Adafactor(Rule):
             return {"row_var": param.new_zeros(row), "col_var": param.new_zeros(col)}
         return {"variance": _zeros(param)}
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         eps1, eps2 = hp["eps"]
         if eps1 is None:
             eps1 = torch.finfo(params[0].dtype).eps
@@ -471,7 +606,7 @@ class TorchRule(Rule):
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {}  # the optimizer fills it on its first step
 
-    def update(self, params, grads, states, hp, step):
+    def update(self, params, grads, states, hp, step, workspace=None):
         shadows = [p.detach().clone() for p in params]
         for shadow, grad in zip(shadows, grads, strict=True):
             shadow.grad = grad.clone()  # some optimizers modify gradients in place
