@@ -204,17 +204,18 @@ def _copy(tensors: list[Tensor], workspace: list[Tensor]) -> list[Tensor]:
 _FUSED_DEVICES = ("cpu", "cuda")
 
 
-def _fusable(params: list[Tensor], *others: list[Tensor]) -> bool:
-    """Whether torch's fused optimizer kernels may run on these tensors.
+def _fusable(targets: list[Tensor], *others: list[Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels may step ``targets`` (a workspace or a buffer, never
+    the weights) with ``others`` (gradients, state).
 
-    The kernels read every tensor as flat memory (unchecked on CPU), so each parameter must be
-    dense and each of its companions (gradient, state, workspace) laid out like it.
+    The kernels read every tensor as flat memory, unchecked on CPU: each target must be dense and
+    its companions laid out like it.
     """
-    if params[0].device.type not in _FUSED_DEVICES or not params[0].is_floating_point():
+    if targets[0].device.type not in _FUSED_DEVICES or not targets[0].is_floating_point():
         return False
-    for i, p in enumerate(params):
-        layout = p.stride()
-        if not _dense(p) or any(tensors[i].stride() != layout for tensors in others):
+    for i, target in enumerate(targets):
+        layout = target.stride()
+        if not _dense(target) or any(tensors[i].stride() != layout for tensors in others):
             return False
     return True
 
@@ -307,8 +308,8 @@ class Adam(Rule):
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         maxima = [s["max_exp_avg_sq"] for s in states] if hp["amsgrad"] else []
         workspace = _scratch(params, workspace)
-        companions = [grads, exp_avgs, exp_avg_sqs, workspace] + ([maxima] if maxima else [])
-        if _fusable(params, *companions):
+        companions = [grads, exp_avgs, exp_avg_sqs] + ([maxima] if maxima else [])
+        if _fusable(workspace, *companions):
             # torch's Adam step from zero weights with lr 1 is -(m / (1 - beta1**t)) / denom.
             torch._foreach_zero_(workspace)
             torch._fused_adam_(
@@ -386,7 +387,7 @@ class Adagrad(Rule):
         # The fused kernel steps its "weights" by -clr * g / std: with momentum, the (scaled)
         # buffer itself with clr = -1; without, a zeroed workspace with clr = 1.
         target = bufs if bufs else _scratch(params, workspace)
-        if _fusable(params, grads, sums, target):
+        if _fusable(target, grads, sums):
             if bufs:
                 torch._foreach_mul_(bufs, hp["momentum"])
             else:
