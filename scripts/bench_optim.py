@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import functools
 import gc
 import itertools
@@ -188,6 +189,7 @@ def _live_bytes(setup: Setup) -> int:
     if setup.device == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.memory_allocated()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free memory held by glibc goes back to the system
     return _proc_status_bytes("VmRSS")
 
 
@@ -213,6 +215,7 @@ def extra_memory(kind: str, pair: str, shapes: list[torch.Size], setup: Setup) -
     variant = Variant(kind, pair, params, setup)
     variant.warm_up()
     gc.collect()
+    _live_bytes(setup)
     peak = _step_peak_bytes(variant, setup)
     return (peak - before - variant.state_bytes()) / param_bytes
 
