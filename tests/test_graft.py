@@ -278,3 +278,23 @@ def test_bfloat16_parameters():
     assert all(r.ratio.dtype == torch.float32 for r in graft.last_step)
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(p.float(), q, rtol=5e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("clone", ["deepcopy", "pickle"])
+def test_a_copied_graft_steps_like_the_original(clone):
+    import copy
+    import pickle
+
+    model = tiny_model()
+    graft = Graft(model.parameters(), PAPER["adam"][0], PAPER["sgd"][0], granularity="global")
+    train(model, graft, 3)
+    pair = (
+        copy.deepcopy((model, graft))
+        if clone == "deepcopy"
+        else pickle.loads(pickle.dumps((model, graft)))
+    )
+    twin_model, twin = pair
+    assert (twin.label, twin.granularity, twin.plain) == ("adam#sgd", "global", False)
+    train(model, graft, 3)
+    train(twin_model, twin, 3)
+    assert_same_weights(model, twin_model, rtol=0, atol=0)

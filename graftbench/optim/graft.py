@@ -109,6 +109,17 @@ class Graft(torch.optim.Optimizer):
         pair = repr(self.magnitude) if self.plain else f"{self.magnitude!r} # {self.direction!r}"
         return f"Graft({pair}, granularity={self.granularity!r}, groups={len(self.param_groups)})"
 
+    # torch.optim.Optimizer pickles only defaults, state and param_groups: keep the children too
+    _PICKLED = ("magnitude", "direction", "granularity", "eps", "plain")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), **{k: self.__dict__[k] for k in self._PICKLED}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.last_step = []
+        self._workspace = {}
+
     @property
     def label(self) -> str:
         """``M#D`` in rule names, e.g. ``adam#sgd``."""

@@ -213,6 +213,8 @@ def _fusable(targets: list[Tensor], *others: list[Tensor]) -> bool:
     """
     if targets[0].device.type not in _FUSED_DEVICES or not targets[0].is_floating_point():
         return False
+    if not (hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_adagrad_")):
+        return False  # private ops: another torch may lack them, and then foreach serves
     for i, target in enumerate(targets):
         layout = target.stride()
         if not _dense(target) or any(tensors[i].stride() != layout for tensors in others):
