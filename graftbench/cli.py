@@ -140,13 +140,14 @@ def status(
     import time
 
     from rich.live import Live
+    from rich.text import Text
 
-    from graftbench.sweep.status import collect
+    from graftbench.sweep.status import collect, render
 
-    with Live(_status_table(collect(sweep_dir)), auto_refresh=False) as live:
+    with Live(auto_refresh=False) as live:
         while True:
             states = collect(sweep_dir)
-            live.update(_status_table(states), refresh=True)
+            live.update(Text(render(states)), refresh=True)
             if all(s.status in ("done", "diverged", "failed") for s in states):
                 break
             time.sleep(interval)
@@ -287,59 +288,10 @@ def _print_grid(grid) -> None:
         console.print(f"estimated total: {grid.estimate_device_hours:,.1f} device-hours")
 
 
-def _status_table(states):
-    from rich.table import Table
-
-    from graftbench.sweep.status import counts
-
-    table = Table(caption=", ".join(f"{n} {s}" for s, n in sorted(counts(states).items())))
-    for column in (
-        "run id",
-        "M",
-        "D",
-        "seed",
-        "state",
-        "progress",
-        "latest",
-        "SLURM job",
-        "elapsed",
-    ):
-        table.add_column(column)
-    for s in states:
-        progress = "" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
-        elapsed = "" if s.elapsed_s is None else _duration(s.elapsed_s)
-        table.add_row(
-            s.run_id,
-            s.magnitude or "",
-            s.direction or "",
-            str(s.seed or 0),
-            s.status,
-            progress,
-            s.metric or s.problem or "",
-            s.slurm_job or "",
-            elapsed,
-        )
-    return table
-
-
-def _latest_cell(state) -> str:
-    if state.status in ("failed", "unreadable") and state.problem:
-        return state.problem
-    return state.metric or ""
-
-
 def _print_status(sweep_dir: Path) -> None:
-    from rich.console import Console
+    from graftbench.sweep.status import collect, render
 
-    from graftbench.sweep.status import collect
-
-    Console(width=200).print(_status_table(collect(sweep_dir)))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    typer.echo(render(collect(sweep_dir)))
 
 
 def main() -> None:

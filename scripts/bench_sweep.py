@@ -22,15 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from graftbench import rundir
 from graftbench.rundir import Status
 from graftbench.sweep.grid import expand
 from graftbench.sweep.launchers import LocalLauncher
 from graftbench.sweep.monitor import LineMonitor
 from graftbench.sweep.plan import plan
-from graftbench.sweep.status import collect
+from graftbench.sweep.status import collect, render
 
 
 def launcher_overhead(root: Path, runs: int) -> tuple[float, float]:
@@ -93,12 +91,10 @@ def status_time(root: Path, runs: int) -> float:
         rundir.append_jsonl(
             run_dir / rundir.METRICS, {"kind": "eval", "step": 1000, "top1": 70.0, "top5": 90.0}
         )
-    from graftbench.cli import _status_table
-
     start = time.perf_counter()
     states = collect(sweep)
-    Console(file=io.StringIO(), width=200).print(_status_table(states))
-    assert len(states) == runs
+    table = render(states)
+    assert len(states) == runs and table.count("\n") == runs + 2
     return time.perf_counter() - start
 
 

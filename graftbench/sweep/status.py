@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.rundir import RunDirError, Status
@@ -212,3 +214,32 @@ def collect(sweep_dir: Path) -> list[RunState]:
 
 def counts(states: list[RunState]) -> Counter:
     return Counter(s.status for s in states)
+
+
+COLUMNS = ("run id", "M", "D", "seed", "state", "progress", "latest", "SLURM job", "elapsed")
+
+
+def render(states: list[RunState]) -> str:
+    """The status table and a line counting the states (plain text: fast for big sweeps)."""
+    rows = [
+        (
+            s.run_id,
+            s.magnitude or "",
+            s.direction or "",
+            "" if s.seed is None else s.seed,
+            s.status,
+            "" if s.step is None else f"{s.step}/{s.total_steps or '?'}",
+            s.problem if s.status in ("failed", "unreadable") and s.problem else s.metric or "",
+            s.slurm_job or "",
+            "" if s.elapsed_s is None else _duration(s.elapsed_s),
+        )
+        for s in states
+    ]
+    line = ", ".join(f"{n} {status}" for status, n in sorted(counts(states).items()))
+    return f"{tabulate(rows, headers=COLUMNS, disable_numparse=True)}\n{line or 'no runs'}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
