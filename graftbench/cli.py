@@ -253,9 +253,9 @@ def _finished(run_dir: Path) -> bool:
     from graftbench import rundir
 
     try:
-        return rundir.Status(rundir.read_json(run_dir / rundir.RUN)["status"]).finished
+        return rundir.status(run_dir).finished
     except rundir.RunDirError:
-        return False
+        return False  # the runner reports what is wrong with the directory
 
 
 def _report(sweep_dir: Path) -> None:

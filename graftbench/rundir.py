@@ -79,6 +79,11 @@ class RunDirError(Exception):
     """A run-directory file that cannot be read: missing, half-written or of another schema."""
 
 
+def status(run_dir: Path) -> Status:
+    """The status recorded in ``run_dir``'s run.json (raises ``RunDirError``)."""
+    return Status(read_json(run_dir / RUN)["status"])
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -425,7 +425,8 @@ def test_spread_with_missing_cells_matches_a_hand_computation(sweep):
     assert (result.rows, result.columns, result.partial) == (["sgd", "adam"], ["sgd", "adam"], True)
     sentence = render([table], "markdown", decimals=1).splitlines()[-1]
     assert sentence.startswith(f"changing M moves top1 by {by_m:.1f} on average, ")
-    assert f"changing D by {by_d:.1f}; M explains {ss_m / (ss_m + ss_d + ss_md):.0%}" in sentence
+    # amounts keep two significant digits at least: by_d is below 1, so two decimals
+    assert f"changing D by {by_d:.2f}; M explains {ss_m / (ss_m + ss_d + ss_md):.0%}" in sentence
 
 
 def test_spread_needs_two_values():

@@ -260,8 +260,14 @@ class Spread:
         if math.isnan(self.by_magnitude) and math.isnan(self.by_direction):
             return f"too few values to compare the effect of M and D on {name}."
 
-        def amount(x: float) -> str:
-            return "n/a" if math.isnan(x) else f"{x:.{decimals}f}"
+        def amount(x: float) -> str:  # at least two significant digits: 0.19, not 0
+            if math.isnan(x):
+                return "n/a"
+            digits = decimals if x == 0 else max(decimals, 1 - math.floor(math.log10(abs(x))))
+            return f"{x:.{digits}f}"
+
+        def percent(x: float) -> str:
+            return f"{round(x, 2) + 0.0:.0%}"  # + 0.0: a rounded -0.001 prints 0%, not -0%
 
         text = (
             f"changing M moves {name} by {amount(self.by_magnitude)} on average, "
@@ -270,8 +276,8 @@ class Spread:
         if self.share_magnitude is None:
             return text + "; too few complete cells to split the variance."
         text += (
-            f"; M explains {self.share_magnitude:.0%} of the variance between cells, "
-            f"D {self.share_direction:.0%} (interaction {self.share_interaction:.0%})"
+            f"; M explains {percent(self.share_magnitude)} of the variance between cells, "
+            f"D {percent(self.share_direction)} (interaction {percent(self.share_interaction)})"
         )
         if self.partial:
             text += (

@@ -84,18 +84,14 @@ def _without_schema(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "schema_version"}
 
 
-def status_of(run_dir: Path) -> Status:
-    return Status(rundir.read_json(run_dir / rundir.RUN)["status"])
-
-
 def execute(run_dir: Path) -> int:
     """Train the run in ``run_dir`` as this process's part of it; returns the exit code."""
     from graftbench.train.engine import Engine  # the heavy imports only when training
 
     cfg = load_config(run_dir)
     run_json = run_dir / rundir.RUN
-    if status_of(run_dir).finished:
-        print(f"{run_dir}: already {status_of(run_dir)}, nothing to do")
+    if rundir.status(run_dir).finished:
+        print(f"{run_dir}: already {rundir.status(run_dir)}, nothing to do")
         return EXIT_DONE
     dist = distributed.setup(cfg.trainer.device)
     try:
