@@ -55,7 +55,10 @@ def train(
     if run_dir is None:
         cfg = config.compose(overrides or [])
         if dry_run:
+            from graftbench.train.tasks import count_parameters
+
             typer.echo(OmegaConf.to_yaml(cfg))
+            typer.echo(f"# model: {count_parameters(cfg):,} parameters")
             typer.echo(f"# run directory: {runner.run_dir_for(cfg)}")
             return
         run_dir = runner.prepare(cfg, overrides or [])

@@ -116,4 +116,74 @@ def test_cli_dry_run_prints_the_resolved_config(tmp_path):
     assert "name: adam" in result.stdout and "# run directory: results/demo/adam+adam-s0-" in (
         result.stdout
     )
+    assert "# model: " in result.stdout
+    paper = run_cli(
+        "train", "model=transformer_wmt14", "data.root=/nowhere", "--dry-run", cwd=tmp_path
+    )
+    assert "# model: 375,377,920 parameters" in paper.stdout, paper.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def real_data(tmp_path_factory):
+    """Tiny real data for the data configs that need a root: a JPEG ImageFolder and
+    translation text prepared like WMT14."""
+    from graftbench.data.translation import PrepareSettings, prepare
+    from tests.image_helpers import make_root
+    from tests.text_helpers import write_corpus
+
+    root = tmp_path_factory.mktemp("data")
+    images = make_root(root / "images")
+    settings = PrepareSettings(vocab_size=51, max_len=60, max_ratio=3.0, spm_threads=1)
+    text = prepare(root / "text", write_corpus(root), settings=settings)
+    return {"imagenet": (images, 3), "wmt14": (root / "text", text["vocab"]["size"])}
+
+
+@pytest.mark.parametrize("option", config.groups()["model"])
+def test_every_model_config_instantiates(option):
+    import torch
+
+    from graftbench.train.tasks import build
+
+    cfg = config.compose([f"model={option}", ROOT])
+    extra = {"vocab_size": 1000} if cfg.data.task == "translation" else {}
+    with torch.device("meta"):  # the 375M Transformer without allocating it
+        model = build(cfg.model, **extra)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("option", config.groups()["data"])
+def test_every_data_config_instantiates(option, real_data):
+    from graftbench.data.translation import TranslationData
+    from graftbench.train.tasks import build
+
+    root, size = real_data.get(option, (None, None))
+    overrides = [f"data={option}", *COMPANION.get(("data", option), [])]
+    if root is not None:
+        overrides.append(f"data.root={root}")
+    cfg = config.compose(overrides)
+    if cfg.data.task == "translation":
+        assert TranslationData(cfg.data.root).vocab.size == size
+        return
+    data = build(cfg.data.source)
+    assert len(data.train) > 0 and len(data.val) > 0
+    assert data.in_channels == cfg.data.in_channels
+    assert size is None or data.num_classes == size
+
+
+@pytest.mark.parametrize("option", config.groups()["launcher"])
+def test_every_launcher_config_builds_its_launcher(option, tmp_path):
+    from graftbench.sweep.launchers import LocalLauncher, SlurmLauncher
+
+    options = config.plain(config.compose([f"launcher={option}"]))["launcher"]
+    if option == "local":
+        launcher = LocalLauncher(options["max_parallel"], options["gpus_per_run"])
+        assert launcher.max_parallel == 2  # the demo's
+    else:
+        options.update(partition="gpu", qos="high", mem_gb=64)
+        launcher = SlurmLauncher(options, tmp_path)
+        launcher.executor("cuda")  # submitit accepts every parameter
+        gpu, cpu = launcher.parameters("cuda"), launcher.parameters("cpu")
+        assert gpu["gpus_per_node"] == gpu["tasks_per_node"] == 1 and "gpus_per_node" not in cpu
+        assert (gpu["slurm_partition"], gpu["slurm_qos"], gpu["mem_gb"]) == ("gpu", "high", 64)
+        assert gpu["slurm_additional_parameters"]["requeue"] is True

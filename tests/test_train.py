@@ -28,7 +28,7 @@ def test_a_run_learns_and_fills_its_run_directory(tmp_path):
     record = rundir.read_json(run_dir / rundir.RUN)
     assert record["status"] == "done" and record["label"] == "adam#sgd"
     assert record["git"]["sha"] and record["versions"]["torch"] and record["hardware"]["cpu"]
-    assert record["total_steps"] == 22
+    assert record["total_steps"] == 22 and record["parameters"] > 10_000
     summary = rundir.read_json(run_dir / rundir.SUMMARY)
     assert summary["final"]["top1"] > 50  # 10 classes: chance is 10%
     assert summary["best"]["top1"] >= summary["final"]["top1"]
@@ -172,3 +172,9 @@ def test_wandb_offline_sink_uses_the_run_id(tmp_path, monkeypatch):
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].name.endswith(run_dir.name)
     assert any(runs[0].glob("*.wandb"))
+    # `graftbench sync` hands exactly these runs to `wandb sync`
+    synced = run("sync", str(run_dir.parent), "--dry-run", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    assert " -m wandb sync " in synced.stdout and str(runs[0]) in synced.stdout
+    empty = run("sync", str(tmp_path), "--dry-run", cwd=tmp_path)
+    assert "no offline W&B runs" in empty.stdout

@@ -189,11 +189,9 @@ class SlurmLauncher:
         self.options = options
         self.folder = sweep_dir / "slurm" / "%j"
 
-    def executor(self, device: str):
-        import submitit
-
+    def parameters(self, device: str) -> dict:
+        """submitit's AutoExecutor parameters for the launcher config."""
         o = self.options
-        executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
         params = {
             "name": f"graftbench-{self.folder.parent.parent.name}",
             "timeout_min": o["timeout_min"],
@@ -211,7 +209,13 @@ class SlurmLauncher:
         for key in ("partition", "account", "qos", "constraint"):
             if o[key]:
                 params[f"slurm_{key}"] = o[key]
-        executor.update_parameters(**params)
+        return params
+
+    def executor(self, device: str):
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
+        executor.update_parameters(**self.parameters(device))  # rejects unknown names
         return executor
 
     def launch(self, run_dirs: list[Path], device: str) -> list[str]:

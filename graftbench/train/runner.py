@@ -100,7 +100,11 @@ def execute(run_dir: Path) -> int:
         try:
             engine = Engine(cfg, run_dir, config.run_id(cfg), dist)
             if dist.main:
-                rundir.update_json(run_json, lambda r: {**r, "total_steps": engine.last_step})
+                parameters = sum(p.numel() for p in engine.module.parameters())
+                rundir.update_json(
+                    run_json,
+                    lambda r: {**r, "total_steps": engine.last_step, "parameters": parameters},
+                )
             outcome = engine.fit()
         except UserError as err:
             if dist.main:

@@ -77,6 +77,14 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
+def count_parameters(cfg: DictConfig) -> int:
+    """The model's parameter count, built on the meta device (no memory, no data needed;
+    translation models at their configured vocabulary size, 32k for the paper's)."""
+    with torch.device("meta"):
+        model = build(cfg.model)
+    return sum(p.numel() for p in model.parameters())
+
+
 def split_batch(trainer: DictConfig, world_size: int) -> tuple[int, int]:
     """(per-device batch, accumulation steps) giving ``trainer.batch_size`` on ``world_size``."""
     total = trainer.batch_size
