@@ -147,3 +147,16 @@ def test_bad_sweep_input_is_one_line_before_anything_is_launched(tmp_path):
         result = run("sweep", *bad, f"results_dir={tmp_path}", cwd=tmp_path)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, (bad, result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dead_owner_makes_a_run_pending_but_an_unreachable_slurm_does_not(monkeypatch):
+    from graftbench.sweep import status
+
+    running_here = {"status": "running", "host": status.socket.gethostname(), "pid": 2**22 + 7}
+    assert status.effective_status(running_here) == "pending"  # no such process
+    on_slurm = {"status": "running", "slurm": {"job_id": "123"}}
+    assert status.effective_status(on_slurm, {"123": "RUNNING"}) == "running"
+    assert status.effective_status(on_slurm, {"123": ""}) == "pending"  # squeue forgot it
+    assert status.effective_status(on_slurm, {"123": status.UNKNOWN}) == "running"
+    monkeypatch.setenv("PATH", "/nonexistent")  # no squeue here: cannot tell
+    assert status.effective_status(on_slurm) == "running"

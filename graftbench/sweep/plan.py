@@ -24,7 +24,7 @@ from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.rundir import RunDirError, Status
 from graftbench.sweep.grid import Grid
-from graftbench.sweep.status import effective_status
+from graftbench.sweep.status import effective_status, owner_job, slurm_states
 from graftbench.train import runner
 
 
@@ -101,12 +101,13 @@ def plan(grid: Grid, *, retry_failed: bool = False, extend: bool = False) -> Pla
     write_manifest(grid, directory, extend=extend)
     result = Plan(directory)
     launcher = {"host": socket.gethostname(), "pid": os.getpid()}
+    slurm = slurm_states(_owner_jobs(directory, [spec.run_id for spec in grid.runs]))
     for spec in grid.runs:
         run_dir = runner.prepare(OmegaConf.create(spec.config), list(spec.overrides))
         outcome: dict[str, str] = {}
 
         def claim(record: dict[str, Any], outcome: dict[str, str] = outcome) -> dict | None:
-            status = effective_status(record)
+            status = effective_status(record, slurm)
             if status.finished:
                 outcome["skip"] = str(status)
             elif status is Status.FAILED and not retry_failed:
@@ -129,6 +130,19 @@ def plan(grid: Grid, *, retry_failed: bool = False, extend: bool = False) -> Pla
         else:
             result.launch.append(run_dir)
     return result
+
+
+def _owner_jobs(directory: Path, run_ids: list[str]) -> list[str]:
+    """The SLURM jobs that own existing runs: asked about once, not once per run."""
+    jobs = []
+    for run_id in run_ids:
+        try:
+            job = owner_job(rundir.read_json(directory / run_id / rundir.RUN))
+        except RunDirError:
+            continue
+        if job is not None:
+            jobs.append(job)
+    return jobs
 
 
 def release(run_dirs: list[Path]) -> None:

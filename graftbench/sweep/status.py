@@ -53,10 +53,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+UNKNOWN = "?"  # SLURM could not be asked: keep the recorded status rather than guess
+
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id that squeue still knows (empty without SLURM)."""
-    if not job_ids or shutil.which("squeue") is None:
+    """The SLURM state of each job id asked about: "" for a job squeue no longer knows,
+    ``UNKNOWN`` for all of them when squeue is missing or fails (a controller outage must not
+    make running jobs look dead)."""
+    if not job_ids:
         return {}
+    cannot_tell = dict.fromkeys(job_ids, UNKNOWN)
+    if shutil.which("squeue") is None:
+        return cannot_tell
     try:
         out = subprocess.run(
             ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
@@ -65,8 +73,10 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
             timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
+        return cannot_tell
+    if out.returncode != 0:  # squeue fails outright when it knows none of the ids
+        return dict.fromkeys(job_ids, "") if "Invalid job id" in out.stderr else cannot_tell
+    states = dict.fromkeys(job_ids, "")
     for line in out.stdout.splitlines():
         job, _, state = line.strip().partition(" ")
         states[job] = state
@@ -88,10 +98,10 @@ def effective_status(record: dict[str, Any], slurm: dict[str, str] | None = None
         return status
     job = owner_job(record)
     if job is not None:
-        states = slurm if slurm is not None else slurm_states([job])
-        if shutil.which("squeue") is None:
-            return status  # cannot tell from here
-        return status if states.get(job) in SLURM_ACTIVE else Status.PENDING
+        states = slurm if slurm is not None and job in slurm else slurm_states([job])
+        if states[job] == UNKNOWN:
+            return status
+        return status if states[job] in SLURM_ACTIVE else Status.PENDING
     owner = record.get("launcher") if status is Status.QUEUED else record
     if owner and owner.get("host") == socket.gethostname() and owner.get("pid"):
         return status if pid_alive(int(owner["pid"])) else Status.PENDING
