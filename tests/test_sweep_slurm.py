@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from graftbench import rundir
-from tests.train_helpers import QUICK, REPO, only_run_dir, run, weights
+from tests.train_helpers import QUICK, REPO, checkpoint_step, only_run_dir, run, wait_for, weights
 
 pytestmark = pytest.mark.slurm
 
@@ -33,13 +32,6 @@ def sweep(cluster, tmp_path, *args: str, timeout: float = 900) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
-
-
-def wait_for(condition, timeout: float = 600, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_a_2x2_grid_is_one_job_array_and_its_results_land(slurm_cluster, tmp_path):
@@ -65,14 +57,6 @@ def test_a_2x2_grid_is_one_job_array_and_its_results_land(slurm_cluster, tmp_pat
         rundir.read_json(p)["final"]["top1"] > 0
         for p in (tmp_path / "array").glob("*/summary.json")
     )
-
-
-def checkpoint_step(run_dir) -> int:
-    path = run_dir / rundir.CKPT / "last.pt"
-    try:
-        return torch.load(path, weights_only=True)["step"]
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
 
 
 @pytest.mark.parametrize("interrupt", ["requeue", "cancel"])

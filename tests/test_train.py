@@ -4,7 +4,6 @@ preemption and kills. Real processes, real signals, the gloo backend."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 import torch
@@ -13,7 +12,15 @@ from graftbench import config, rundir
 from graftbench.errors import UserError
 from graftbench.train import runner
 from tests.image_helpers import make_root
-from tests.train_helpers import QUICK, graftbench, only_run_dir, run, weights
+from tests.train_helpers import (
+    QUICK,
+    checkpoint_step,
+    graftbench,
+    only_run_dir,
+    run,
+    wait_for,
+    weights,
+)
 
 
 def train_in_process(tmp_path, *overrides: str) -> tuple[int, object]:
@@ -95,18 +102,6 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
         if "running_" in name or "num_batches" in name:
             continue  # BN running statistics are rank 0's alone under DDP (buffers broadcast)
         torch.testing.assert_close(b[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def wait_for(condition, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
-def checkpoint_step(run_dir) -> int:
-    path = run_dir / rundir.CKPT / "last.pt"
-    return torch.load(path, weights_only=True)["step"] if path.exists() else 0
 
 
 @pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,3 +56,18 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The model's parameters and buffers in the run's last checkpoint."""
     state = torch.load(run_dir / rundir.CKPT / "last.pt", weights_only=True)
     return state["model"]
+
+
+def wait_for(condition, timeout: float = 600, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    """The step of the run's last checkpoint (0 before the first)."""
+    try:
+        return torch.load(run_dir / rundir.CKPT / "last.pt", weights_only=True)["step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
