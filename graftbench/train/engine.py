@@ -140,12 +140,15 @@ class Engine:
                         return self._finish(verdict)
                 if self._due(trainer.layer_log_every_steps):
                     self._log_layers()
-                if self._due(trainer.checkpoint_every_steps):
+                epoch_end = self.step_in_epoch == self.steps_per_epoch
+                last = self.step >= self.last_step
+                # one checkpoint per step: epoch ends and the end of training save their own
+                if self._due(trainer.checkpoint_every_steps) and not (epoch_end or last):
                     self._save()
-                if self.step_in_epoch == self.steps_per_epoch:
+                if epoch_end:
                     self._end_epoch()
                     break
-                if self.step >= self.last_step:
+                if last:
                     break
             else:
                 raise RuntimeError(
@@ -167,7 +170,8 @@ class Engine:
             self._evaluate()
         if self.cfg.trainer.average_last > 1:
             self._save_for_averaging()
-        self._save()
+        if self.step < self.last_step:  # the end of training saves after the final eval
+            self._save()
 
     def _due(self, every: int | None) -> bool:
         return bool(every) and self.step % every == 0
