@@ -3,11 +3,17 @@
 ``compose(["magnitude=adam", "direction=sgd", "trainer.epochs=3"])`` returns the resolved run
 config. ``magnitude=<name>`` / ``direction=<name>`` select ``conf/optim/<name>.yaml`` for that
 role (Hydra spells this ``optim@magnitude=<name>``); leaving ``direction`` out means the plain
-optimizer, and the resolved config then carries ``direction`` equal to ``magnitude``. A model
-listed under ``recipes`` in ``conf/config.yaml`` selects its experiment when none is given.
+optimizer, and the resolved config then carries ``direction`` equal to ``magnitude``.
 
-Every override is checked before Hydra sees it: unknown groups, options and keys, and values of
-the wrong type raise :class:`~graftbench.errors.UserError` naming the valid choices.
+Types, allowed values, defaults and bounds come from one schema (:mod:`graftbench.schema`).
+Every override is checked before Hydra sees it, so unknown options and keys, values of the wrong
+type and a key given twice raise :class:`~graftbench.errors.UserError` naming the valid choices;
+then Hydra's public ``compose`` applies them.
+
+A run's config has two parts (see :mod:`graftbench.schema`): its identity, hashed into the run
+id and stored in the run directory, and its execution, which always comes from the current
+command. :func:`for_run_dir` rebuilds a run's config from a stored identity - read as data,
+checked against the schema, never instantiated - and the execution settings of this command.
 """
 
 from __future__ import annotations
@@ -17,13 +23,13 @@ import difflib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -31,52 +37,24 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from graftbench import schema
 from graftbench.errors import UserError
-from graftbench.optim.graft import GRANULARITIES
 from graftbench.optim.rules import make_rule
 from graftbench.optim.schedules import make_schedule
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROLES = ("magnitude", "direction")
 
-# Keys whose value must be one of a few words.
-CHOICES = {
-    "graft.granularity": GRANULARITIES,
-    "trainer.precision": ("fp32", "bf16"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "trainer.progress": ("auto", "always", "never"),
-}
-
-# What `check_run` looks at: a sweep re-checks each point only when an axis touches these.
-CHECKED = (*CHOICES, *ROLES, "schedule")
-
-# Keys that say where or how a run is executed and observed, not what it computes: they are
-# left out of the run's identity, so moving a run (another results root, more GPUs, another
-# launcher) keeps its id and its results.
-NOT_IDENTITY = (
-    "results_dir",
-    "sweep",
-    "recipes",
-    "launcher",
-    "logger",
-    "data.root",
-    "data.source.root",
-    "data.workers",
-    "data.pin_memory",
-    "data.persistent_workers",
-    "trainer.devices",
-    "trainer.device",
-    "trainer.compile",
-    "trainer.progress",
-    "trainer.eval_every_epochs",
-    "trainer.log_every_steps",
-    "trainer.layer_log_every_steps",
-    "trainer.checkpoint_every_steps",
-)
+schema.register()
 
 
 def groups() -> dict[str, list[str]]:
     """Config group -> its options (file names without ``.yaml``)."""
+    return _groups()
+
+
+@cache
+def _groups() -> dict[str, list[str]]:
     return {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
         for d in sorted(CONF_DIR.iterdir())
@@ -97,16 +75,32 @@ def _group_of(key: str) -> str | None:
 
 
 def parse(overrides: Sequence[str]) -> list[Override]:
-    """Parse ``key=value`` overrides with Hydra's grammar (sweeps like ``a=1,2`` included)."""
+    """Parse ``key=value`` overrides with Hydra's grammar (sweeps like ``a=1,2`` included); a
+    key given twice is an error rather than "the last one wins"."""
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
         raise UserError(f"cannot parse overrides: {_one_line(err)}") from None
+    seen: dict[str, str] = {}
+    for override in parsed:
+        key = override.key_or_group
+        if key in seen:
+            raise UserError(
+                f"{key!r} is given twice ({seen[key]!r} and {override.input_line!r}); "
+                "give it once (a comma list sweeps it)"
+            )
+        seen[key] = override.input_line
+    return parsed
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved, validated run config for these overrides (no sweeps here)."""
-    return finalize(compose_unresolved(overrides))
+    parsed = parse(overrides)
+    cfg = finalize(compose_unresolved(overrides))
+    unused = unused_overrides(plain(cfg), [o.key_or_group for o in parsed])
+    if unused:
+        raise UserError(unused[0])
+    return cfg
 
 
 def compose_unresolved(overrides: Sequence[str]) -> DictConfig:
@@ -115,27 +109,33 @@ def compose_unresolved(overrides: Sequence[str]) -> DictConfig:
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeps:
         raise UserError(f"{sweeps[0]!r} is a list of values: use `graftbench sweep` to run a grid")
-    choices = [o for o in parsed if is_group(o.key_or_group)]
+    choices = tuple(c for c in map(_hydra_choice, parsed) if c is not None)
     values = [o for o in parsed if not is_group(o.key_or_group)]
-    hydra_choices = [c for c in map(_hydra_choice, choices) if c is not None]
-    chosen = {o.key_or_group: o.value() for o in choices}
-    recipe = _recipes().get(str(chosen.get("model")))
-    if recipe is not None and "experiment" not in chosen:
-        hydra_choices.append(f"experiment={recipe}")
-    cfg = _compose(tuple(hydra_choices))
+    reference = _composed(choices)
     for override in values:
-        check_value(cfg, override)
-    try:  # what Hydra itself does with value overrides once the defaults are composed
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserError(_one_line(err)) from None
-    return cfg
+        check_value(reference, override)
+    if not values:
+        return copy.deepcopy(reference)
+    return _hydra((*choices, *(_as_hydra(reference, o) for o in values)))
+
+
+def _as_hydra(reference: DictConfig, override: Override) -> str:
+    """The override as Hydra takes it: a new key of a free mapping (``peak_lr.lion=0.1``)
+    needs Hydra's ``++`` (add or set)."""
+    parent, _, leaf = override.key_or_group.rpartition(".")
+    node = OmegaConf.select(reference, parent, default=None) if parent else None
+    fresh = isinstance(node, DictConfig) and _free_mapping(node) and leaf not in node
+    if fresh and not (override.is_add() or override.is_force_add()):
+        return "++" + override.input_line
+    return override.input_line
 
 
 def finalize(cfg: DictConfig) -> DictConfig:
     """Resolve interpolations, make ``direction`` explicit, and check the run."""
     try:
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        container = OmegaConf.to_container(
+            cfg, resolve=True, throw_on_missing=True, enum_to_str=True
+        )
     except MissingMandatoryValue as err:
         raise UserError(f"{err.full_key} must be set, e.g. {err.full_key}=...") from None
     except OmegaConfBaseException as err:
@@ -144,17 +144,21 @@ def finalize(cfg: DictConfig) -> DictConfig:
     if container.get("direction") is None:
         container["direction"] = dict(container["magnitude"])
     check_run(container)
-    resolved = OmegaConf.create(container)
-    OmegaConf.set_struct(resolved, True)
-    return resolved
+    return as_config(container)
+
+
+def as_config(container: dict[str, Any]) -> DictConfig:
+    """A plain, resolved config (struct mode: a misspelled key is an error, not None)."""
+    cfg = OmegaConf.create(container)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
 
 
 def check_run(container: dict[str, Any]) -> None:
-    """What only code can check: word-valued keys, optimizer hyperparameters, schedule."""
-    for dotted, allowed in CHOICES.items():
-        value = lookup(container, dotted)
-        if value not in allowed:
-            raise UserError(f"{dotted}: invalid {value!r}; choose from: {', '.join(allowed)}")
+    """What only code can check: bounds, optimizer hyperparameters, the schedule, the batch."""
+    problem = schema.check_bounds(container)
+    if problem:
+        raise UserError(problem)
     for role in ROLES:
         try:
             make_rule(container[role])
@@ -164,6 +168,32 @@ def check_run(container: dict[str, Any]) -> None:
         make_schedule(container["schedule"], total_steps=1)
     except ValueError as err:
         raise UserError(str(err)) from None
+    trainer = container["trainer"]
+    if not (container["data"].get("max_tokens")):
+        per_device = trainer["per_device_batch_size"] or trainer["batch_size"] // trainer["devices"]
+        if per_device <= 0 or trainer["batch_size"] % (per_device * trainer["devices"]):
+            raise UserError(
+                f"trainer.batch_size={trainer['batch_size']} is not a multiple of the per-device "
+                f"batch {per_device} × {trainer['devices']} device(s); set "
+                "trainer.per_device_batch_size to a divisor"
+            )
+
+
+def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    """Messages for overridden keys that this run would ignore: ``weight_decay`` when neither
+    optimizer has one, ``peak_lr.<name>`` for an optimizer the run does not use."""
+    used = {short_name(container[role]["name"]) for role in ROLES}
+    problems = []
+    for key in keys:
+        if key == "weight_decay" and container.get("weight_decay") is not None:
+            if not any("weight_decay" in container[role] for role in ROLES):
+                problems.append("weight_decay is set but neither optimizer has a weight decay")
+        elif key.startswith("peak_lr.") and key.split(".", 1)[1] not in used:
+            problems.append(
+                f"{key} is set but this run uses {' and '.join(sorted(used))}; "
+                f"it would be ignored"
+            )
+    return problems
 
 
 def lookup(container: dict[str, Any], dotted: str) -> Any:
@@ -176,15 +206,14 @@ def lookup(container: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-@cache
-def _recipes() -> dict[str, str]:
-    return dict(OmegaConf.load(CONF_DIR / "config.yaml").get("recipes", {}))
-
-
 def _hydra_choice(override: Override) -> str | None:
     key = override.key_or_group
     group = _group_of(key)
+    if group is None:
+        return None
     value = override.value()
+    if key == "experiment" and value is None:
+        return None
     options = groups()[group]
     if value is None and key == "direction":
         return None  # the default already: the plain optimizer
@@ -194,17 +223,21 @@ def _hydra_choice(override: Override) -> str | None:
     return f"optim@{key}={value}" if key in ROLES else f"{key}={value}"
 
 
-def _compose(choices: tuple[str, ...]) -> DictConfig:
-    """Hydra's composition of these group choices (a fresh copy of a cached result)."""
-    return copy.deepcopy(_compose_cached(choices))
+def _composed(choices: tuple[str, ...]) -> DictConfig:
+    """Hydra's composition of these group choices (cached; callers must not modify it)."""
+    return _composed_cached(tuple(sorted(choices)))
 
 
 @cache
-def _compose_cached(choices: tuple[str, ...]) -> DictConfig:
+def _composed_cached(choices: tuple[str, ...]) -> DictConfig:
+    return _hydra(choices)
+
+
+def _hydra(overrides: tuple[str, ...]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(choices))
+            return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(_one_line(err)) from None
     finally:
@@ -226,20 +259,23 @@ def check_value(base: DictConfig, override: Override) -> None:
 
 
 def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = False) -> None:
-    """``key`` exists in ``base`` (unless ``adding``) and each of ``values`` fits its type."""
+    """``key`` exists in ``base`` and each of ``values`` fits its type (the schema's)."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(base, parent, default=_MISSING) if parent else base
+    if parent in ROLES and node is None:
+        raise UserError(
+            f"{key}: {parent} is not set (the plain optimizer); choose it with {parent}=<name>"
+        )
     # `in node` is False for a mandatory (???) value; node.keys() lists it
     if isinstance(node, DictConfig) and leaf in node.keys():  # noqa: SIM118
         if OmegaConf.is_missing(node, leaf):
-            return  # a mandatory value (???): any value of the right kind is checked later
-        try:
-            current = node[leaf]
-        except OmegaConfBaseException:
-            return  # an interpolation to something missing: no type to check against
+            current = _schema_default(node, leaf)
+        else:
+            try:
+                current = node[leaf]
+            except OmegaConfBaseException:
+                current = _schema_default(node, leaf)
     else:
-        if adding:
-            return
         if not isinstance(node, DictConfig):
             known = parent
             while known and not isinstance(OmegaConf.select(base, known, default=None), DictConfig):
@@ -248,11 +284,23 @@ def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = Fal
             raise UserError(
                 f"unknown key {key!r}: {where} no key {key[len(known) :].lstrip('.')!r}"
             )
+        if _free_mapping(node):  # e.g. peak_lr: any key, values of the mapping's type
+            for value in values:
+                if value is not None and not _is_number(value) and _element_is_number(node):
+                    raise UserError(f"{key}: expected a number, got {value!r}")
+            return
         valid = sorted(str(k) for k in node)
         hint = difflib.get_close_matches(leaf, valid, n=1)
         where = f" under {parent!r}" if parent else ""
         did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
         raise UserError(f"unknown key {key!r}; {did_you_mean}valid keys{where}: {', '.join(valid)}")
+    kind = OmegaConf.get_type(node, leaf) if isinstance(node, DictConfig) else None
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        allowed = [m.value for m in kind]
+        for value in values:
+            if value not in allowed:
+                raise UserError(f"{key}: invalid {value!r}; choose from: {', '.join(allowed)}")
+        return
     for kind, expected, fits in _KINDS:
         if isinstance(current, kind):
             for value in values:
@@ -261,12 +309,28 @@ def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = Fal
             return
 
 
+def _free_mapping(node: DictConfig) -> bool:
+    """A mapping whose keys are data (``peak_lr``, ``sweep.grid``), not a schema's fields."""
+    return node._metadata.object_type in (None, dict)
+
+
+def _element_is_number(node: DictConfig) -> bool:
+    return node._metadata.element_type in (float, int)
+
+
+def _schema_default(node: DictConfig, leaf: str) -> Any:
+    """A typed example value for a key whose current value is missing or an interpolation."""
+    kind = OmegaConf.get_type(node, leaf)
+    return {int: 0, float: 0.0, bool: False, str: ""}.get(kind)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # What a new value must be, by the kind of the value it replaces (first match wins: bool
-# before int); None and ??? accept anything, and null is always accepted (it turns a key off).
+# before int); None accepts anything (an Optional key), and null is always accepted here
+# (Hydra refuses it where the schema does not allow it).
 _KINDS: tuple[tuple[type, str, Callable[[Any], bool]], ...] = (
     (bool, "true or false", lambda v: isinstance(v, bool)),
     (int, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
@@ -282,7 +346,12 @@ _KINDS: tuple[tuple[type, str, Callable[[Any], bool]], ...] = (
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__
+    text = str(err)
+    if cause is not None and str(cause).strip():
+        text = f"{text}: {cause}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("full_key:", "object_type", "    "))]
     return " ".join(lines[:3]) if lines else type(err).__name__
 
 
@@ -290,43 +359,21 @@ def _one_line(err: BaseException) -> str:
 def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """A resolved config as plain, independent dicts and lists."""
     if isinstance(cfg, DictConfig):
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         assert isinstance(container, dict)
         return container
     return copy.deepcopy(cfg)
 
 
-def _tree(paths: Sequence[str]) -> dict[str, Any]:
-    """``("a.b", "c")`` -> ``{"a": {"b": None}, "c": None}`` (None: drop this key)."""
-    tree: dict[str, Any] = {}
-    for dotted in paths:
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = None
-    return tree
-
-
-_NOT_IDENTITY_TREE = _tree(NOT_IDENTITY)
-
-
 def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """What a run computes: the resolved config without the keys in ``NOT_IDENTITY``.
+    """What a run computes: the resolved config without its execution keys (the schema's
+    ``execution=True`` fields). Unpruned subtrees are shared with ``cfg``, not copied."""
+    return schema.split(cfg if isinstance(cfg, dict) else plain(cfg))[0]
 
-    Unpruned subtrees are shared with ``cfg``, not copied (sweeps compute this per point).
-    """
 
-    def prune(node: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for key, value in node.items():
-            if key not in tree:
-                out[key] = value
-            elif tree[key] is not None and isinstance(value, dict):
-                out[key] = prune(value, tree[key])
-        return out
-
-    return prune(cfg if isinstance(cfg, dict) else plain(cfg), _NOT_IDENTITY_TREE)
+def execution(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Where and how a run executes: the execution keys of the resolved config."""
+    return schema.split(cfg if isinstance(cfg, dict) else plain(cfg))[1]
 
 
 class Encoded:
@@ -364,10 +411,14 @@ def canonical_json(value: Any, known: Encoded | None = None) -> str:
     return "{" + body + "}"
 
 
+def identity_hash(ident: dict[str, Any], known: Encoded | None = None) -> str:
+    """A short hash of a run's identity (already split off its config)."""
+    return hashlib.sha256(canonical_json(ident, known).encode()).hexdigest()[:8]
+
+
 def config_hash(cfg: DictConfig | dict[str, Any], known: Encoded | None = None) -> str:
     """A short hash of the run's identity."""
-    text = canonical_json(identity(cfg), known)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return identity_hash(identity(cfg), known)
 
 
 def short_name(optimizer_name: str) -> str:
@@ -387,3 +438,102 @@ def run_id(cfg: DictConfig | dict[str, Any], known: Encoded | None = None) -> st
 def label(cfg: DictConfig | dict[str, Any]) -> str:
     """``M#D`` as the paper writes it."""
     return "#".join(short_name(cfg[role]["name"]) for role in ROLES)
+
+
+# -- a stored identity, with this command's execution ---------------------------------------
+def check_identity(stored: dict[str, Any], where: str) -> dict[str, Any]:
+    """A stored identity checked against the schema: known keys and types only, no
+    interpolations, no targets. Returns it as plain data; raises ``UserError``."""
+    if _has_interpolation(stored):
+        raise UserError(f"{where}: holds an interpolation (${{...}}); a stored config is resolved")
+    base = OmegaConf.structured(schema.Config)
+    for key, group in schema.GROUP_OF_KEY.items():
+        node = stored.get(key)
+        if not isinstance(node, dict):
+            continue
+        option = schema.schema_of(group, node.get("name"))
+        if option is None and group != "optim":
+            raise UserError(f"{where}: unknown {key} {node.get('name')!r}")
+        base[key] = OmegaConf.structured(option) if option is not None else {}
+    try:
+        merged = OmegaConf.merge(base, stored)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{where}: {_one_line(err)}") from None
+    for role in ROLES:
+        try:
+            make_rule(stored[role])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{where}: {role}: {err}") from None
+    del merged
+    return stored
+
+
+def _has_interpolation(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(_has_interpolation(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_interpolation(v) for v in node)
+    return isinstance(node, str) and "${" in node
+
+
+def execution_overrides_only(overrides: Sequence[str], ident: dict[str, Any]) -> None:
+    """Refuse overrides that would change a stored run's identity."""
+    data = ident.get("data", {}).get("name")
+    for override in parse(overrides):
+        key = override.key_or_group
+        if key in ("logger", "launcher", "experiment"):
+            continue
+        if key == "data" and override.value() == data:
+            continue
+        probe = {**ident}
+        tree = schema.execution_tree(probe)
+        if not _in_tree(tree, key):
+            raise UserError(
+                f"{key!r} is part of the run's identity, which a run directory fixes; "
+                "only where and how it runs can be changed here "
+                "(start a new run with `graftbench train <overrides>`)"
+            )
+
+
+def _in_tree(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if node is None:
+            return True
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def execution_for(ident: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """This command's execution settings for a stored identity: the defaults of its data
+    option with ``overrides`` (execution keys, ``logger=``, ``launcher=``, ``experiment=``)."""
+    execution_overrides_only(overrides, ident)
+    data = ident["data"]["name"]
+    given = [o for o in overrides if parse([o])[0].key_or_group != "data"]
+    cfg = compose_unresolved([f"data={data}", *given])
+    # resolve execution interpolations (gpus_per_run: ${trainer.devices}) against the identity
+    merged = OmegaConf.merge(cfg, _identity_overlay(ident))
+    try:
+        container = OmegaConf.to_container(
+            merged, resolve=True, throw_on_missing=True, enum_to_str=True
+        )
+    except MissingMandatoryValue as err:
+        raise UserError(f"{err.full_key} must be set, e.g. {err.full_key}=...") from None
+    except OmegaConfBaseException as err:
+        raise UserError(_one_line(err)) from None
+    return execution(container)
+
+
+def _identity_overlay(ident: dict[str, Any]) -> DictConfig:
+    """The identity without the group subtrees whose option the base composition may not
+    match (model, schedule, optimizers): only values the execution may refer to."""
+    return OmegaConf.create({k: v for k, v in ident.items() if k in ("trainer", "seed", "data")})
+
+
+def for_run(ident: dict[str, Any], execution_part: dict[str, Any]) -> DictConfig:
+    """A run's full config from its stored identity and this command's execution settings."""
+    container = schema.merge(ident, execution_part)
+    check_run(container)
+    return as_config(container)

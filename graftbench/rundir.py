@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +46,10 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
-SCHEMA_VERSION = 1
+# 2: config.yaml holds the run's identity only; run.json has the ``interrupted`` status,
+# ``threads``, ``cpu_capability``, ``steps_per_epoch``.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, SCHEMA_VERSION)  # what tables, plots and status read
 
 SWEEP = "sweep.json"
 CONFIG = "config.yaml"
@@ -54,17 +58,24 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CKPT = "ckpt"
 
+# Largest file a reader accepts: a results directory may come from anyone.
+MAX_BYTES = {SWEEP: 512 << 20, CONFIG: 1 << 20, RUN: 4 << 20, SUMMARY: 4 << 20}
+MAX_METRICS_BYTES = 4 << 30
+
 # ``kind`` of the records in metrics.jsonl:
 #   train   step, epoch, loss, lr, samples_per_s, step_time_s, graft {ratio_mean, ...}
 #   eval    step, epoch, and the task's metrics (loss, top1, top5 | bleu)
 #   layers  step, ratio {tensor name: ||dM||/||dD||}
 METRIC_KINDS = ("train", "eval", "layers")
 
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+
 
 class Status(StrEnum):
-    PENDING = "pending"
-    QUEUED = "queued"
+    PENDING = "pending"  # created, never claimed
+    QUEUED = "queued"  # claimed by a sweep, not started yet
     RUNNING = "running"
+    INTERRUPTED = "interrupted"  # stopped at a checkpoint by a signal: resumable
     DONE = "done"
     FAILED = "failed"
     DIVERGED = "diverged"
@@ -74,74 +85,150 @@ class Status(StrEnum):
         """Done and diverged runs are results: never rerun or overwritten."""
         return self in (Status.DONE, Status.DIVERGED)
 
+    @property
+    def ended(self) -> bool:
+        """No process is working on it and none will without being asked."""
+        return self.finished or self is Status.FAILED
+
+    @property
+    def active(self) -> bool:
+        """Someone (a sweep, a process, a SLURM job) owns it now, if that owner is alive."""
+        return self in (Status.QUEUED, Status.RUNNING)
+
 
 class RunDirError(Exception):
-    """A run-directory file that cannot be read: missing, half-written or of another schema."""
+    """A run-directory file that cannot be read: missing, half-written, of another schema, a
+    symbolic link, or too large."""
 
 
-def status(run_dir: Path) -> Status:
-    """The status recorded in ``run_dir``'s run.json (raises ``RunDirError``)."""
-    return Status(read_json(run_dir / RUN)["status"])
+def is_run_id(name: str) -> bool:
+    """A name a run directory may have: no path separators, no ``..``, no leading dot."""
+    return bool(_RUN_ID.match(name)) and ".." not in name
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-# -- atomic files ---------------------------------------------------------------------------
-def write_text_atomic(path: Path, text: str) -> None:
+# -- atomic files, with the user's umask, never through a link -----------------------------
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def refuse_links(path: Path) -> None:
+    """Refuse to write ``path`` when it or its folder is a symbolic link (it would lead out
+    of the results directory)."""
+    for candidate in (path, path.parent):
+        if candidate.is_symlink():
+            raise RunDirError(f"{candidate} is a symbolic link; refusing to write through it")
+
+
+def write_text_atomic(path: Path, text: str, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``text``: a reader sees the old or the new file, never half."""
+    refuse_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], *, sync: bool = True) -> None:
     """Write ``data`` (with ``schema_version`` first) atomically."""
     payload = {"schema_version": SCHEMA_VERSION, **data}
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    write_text_atomic(path, text, sync=sync)
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_text(path: Path, limit: int | None = None) -> str:
+    """A file's text, refusing symbolic links and files over ``limit`` bytes."""
+    limit = limit if limit is not None else MAX_BYTES.get(path.name, 64 << 20)
     try:
-        data = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise RunDirError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        if path.is_symlink():
+            raise RunDirError(f"{path}: a symbolic link; refusing to follow it") from None
+        raise RunDirError(f"{path}: unreadable ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise RunDirError(f"{path}: {size:,} bytes, more than the {limit:,} allowed")
+        data = f.read(limit + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
         raise RunDirError(f"{path}: unreadable ({err})") from None
-    return _checked(path, data)
 
 
-def write_yaml(path: Path, data: dict[str, Any]) -> None:
+def read_json(path: Path, *, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
+    try:
+        data = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise RunDirError(f"{path}: unreadable ({err})") from None
+    return _checked(path, data, versions)
+
+
+def read_any_json(path: Path) -> dict[str, Any]:
+    """A run-directory JSON file of any version this graftbench can report on."""
+    return read_json(path, versions=READABLE_VERSIONS)
+
+
+def write_yaml(path: Path, data: dict[str, Any], *, sync: bool = True) -> None:
     payload = {"schema_version": SCHEMA_VERSION, **data}
-    write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
+    text = yaml.dump(payload, Dumper=_Dumper, sort_keys=False)
+    write_text_atomic(path, text, sync=sync)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few lines of aliases can expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases are not allowed (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path, *, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: missing") from None
-    except yaml.YAMLError as err:
-        raise RunDirError(f"{path}: unreadable ({err})") from None
-    return _checked(path, data)
+        data = yaml.load(read_text(path), Loader=_NoAliasLoader)  # noqa: S506 (a safe loader)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise RunDirError(f"{path}: unreadable ({_first_line(err)})") from None
+    return _checked(path, data, versions)
 
 
-def _checked(path: Path, data: Any) -> dict[str, Any]:
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _checked(path: Path, data: Any, versions: tuple[int, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunDirError(f"{path}: not a mapping")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in versions:
         raise RunDirError(
             f"{path}: schema_version {version!r} is not supported (this graftbench reads "
-            f"{SCHEMA_VERSION})"
+            f"{', '.join(map(str, versions))})"
         )
     return data
 
@@ -149,11 +236,15 @@ def _checked(path: Path, data: Any) -> dict[str, Any]:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write of ``path`` across processes (sweep and run)."""
-    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+    lock = path.with_name(f".{path.name}.lock")
+    refuse_links(lock)
+    with FileLock(str(lock), mode=FILE_MODE):
         yield
 
 
-def update_json(path: Path, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict:
+def update_json(
+    path: Path, change: Callable[[dict[str, Any]], dict[str, Any] | None], *, sync: bool = True
+) -> dict:
     """Atomically replace ``path`` with ``change(current)``; ``None`` from ``change`` leaves
     the file alone. Returns what the file holds afterwards."""
     with locked(path):
@@ -162,7 +253,7 @@ def update_json(path: Path, change: Callable[[dict[str, Any]], dict[str, Any] | 
         if new is None:
             return current
         new.pop("schema_version", None)
-        write_json(path, new)
+        write_json(path, new, sync=sync)
         return {"schema_version": SCHEMA_VERSION, **new}
 
 
@@ -173,7 +264,11 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     if not path.exists():
         lines = json.dumps({"schema_version": SCHEMA_VERSION, "kind": "header"}) + "\n"
     lines += json.dumps(record, default=float) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    refuse_links(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise RunDirError(f"{path}: cannot append ({err.strerror})") from None
     try:
         os.write(fd, lines.encode())
     finally:
@@ -182,10 +277,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records after the header; a torn last line (a writer was killed) is ignored."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: missing") from None
+    text = read_text(path, MAX_METRICS_BYTES)
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines):
@@ -193,13 +285,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if number == len(lines) - 1:  # torn last line, no newline yet
                 break
             raise RunDirError(f"{path}:{number + 1}: unreadable line") from None
     if not records:
         raise RunDirError(f"{path}: empty")
-    _checked(path, records[0])
+    _checked(path, records[0], READABLE_VERSIONS)
     return records[1:]
 
 

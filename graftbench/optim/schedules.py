@@ -126,11 +126,15 @@ def make_schedule(
 ) -> Schedule:
     """Build a schedule from ``{"name": ..., **fields}``; ``*_epochs`` fields (and
     ``milestone_epochs``) are converted to steps; ``total_steps`` fills in when not given."""
-    fields = dict(spec)
+    fields = {k: v for k, v in spec.items() if v is not None}  # None: not given
     name = fields.pop("name", None)
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from: {', '.join(sorted(SCHEDULES))}")
     cls = SCHEDULES[name]
+    for key in [k for k in fields if k.endswith("_epochs")]:
+        steps = "milestones" if key == "milestone_epochs" else key.removesuffix("_epochs") + "_steps"
+        if steps in fields:
+            raise ValueError(f"schedule {name}: set {key} or {steps}, not both")
     if "milestone_epochs" in fields:
         fields["milestones"] = [e * steps_per_epoch for e in fields.pop("milestone_epochs")]
     for key in [k for k in fields if k.endswith("_epochs")]:
