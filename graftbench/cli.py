@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,7 +36,15 @@ def train(
     overrides: Overrides = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option("--run-dir", help="Run (or resume) a prepared run directory instead."),
+        typer.Option(
+            "--run-dir",
+            help="Run (or resume) a prepared run directory; overrides may then only say where "
+            "and how it runs (data.root=..., trainer.devices=..., logger=wandb).",
+        ),
+    ] = None,
+    execution: Annotated[
+        str | None,
+        typer.Option("--execution", hidden=True, help="Execution settings as JSON (launchers)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config; train nothing.")
@@ -49,36 +55,62 @@ def train(
         typer.echo(f"{run_dir}: already finished, nothing to do")  # start many such workers
         return
     from graftbench import config
-    from graftbench.sweep.launchers import worker_command
+    from graftbench.record import claim_token
+    from graftbench.sweep.launchers import worker_command, worker_env
     from graftbench.train import runner
 
     if run_dir is None:
         cfg = config.compose(overrides or [])
+        run_dir = runner.run_dir_for(cfg)
         if dry_run:
             from graftbench.train.tasks import count_parameters
 
             typer.echo(OmegaConf.to_yaml(cfg))
             typer.echo(f"# model: {count_parameters(cfg):,} parameters")
-            typer.echo(f"# run directory: {runner.run_dir_for(cfg)}")
+            typer.echo(f"# run directory: {run_dir}")
             return
-        run_dir = runner.prepare(cfg, overrides or [])
-    devices = runner.load_config(run_dir).trainer.devices
-    if devices > 1 and "RANK" not in os.environ:
+        runner.prepare(run_dir, config.identity(cfg), runner.record_fields(cfg, run_dir.name))
+    else:
+        cfg = runner.load(run_dir, _json(execution), overrides or [])
+        if dry_run:
+            typer.echo(OmegaConf.to_yaml(cfg))
+            return
+    token = claim_token()
+    if cfg.trainer.devices > 1 and "RANK" not in os.environ:
         import subprocess
 
-        code = subprocess.call(worker_command(run_dir, devices))
+        command = worker_command(run_dir, config.execution(cfg), cfg.trainer.devices)
+        code = subprocess.call(command, env=worker_env(token, cfg.trainer.threads))
     else:
-        code = runner.execute(run_dir)
+        code = runner.execute(run_dir, cfg, token)
     if "RANK" not in os.environ or os.environ.get("RANK") == "0":
         typer.echo(f"results: {run_dir}")
-    raise typer.Exit(code)
+    raise typer.Exit(int(code))
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--execution: not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError("--execution: expected a JSON object")
+    return value
 
 
 @app.command()
 def sweep(
     overrides: Overrides = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the runs (and device-hours); launch nothing.")
+        bool,
+        typer.Option("--dry-run", help="Summarise the runs (and device-hours); launch nothing."),
+    ] = False,
+    list_runs: Annotated[
+        bool, typer.Option("--list", help="With --dry-run: every run, not a summary.")
     ] = False,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Also rerun runs that failed.")
@@ -90,44 +122,12 @@ def sweep(
         bool, typer.Option("--wait", help="SLURM: wait for the runs instead of returning.")
     ] = False,
 ) -> None:
-    """Run the M×D grid (default: the 3×3 demo). Comma lists sweep any key: seed=0,1,2."""
-    from graftbench.sweep import plan as planning
-    from graftbench.sweep.grid import expand
-    from graftbench.sweep.launchers import LocalLauncher, SlurmLauncher, wait_until_finished
+    """Run the M×D grid (bare: the 3×3 demo). Comma lists sweep any key: seed=0,1,2."""
+    from graftbench.sweep import workflow
 
-    grid = expand(overrides or [])
-    if dry_run:
-        _print_grid(grid)
-        return
-    plan = planning.plan(grid, retry_failed=retry_failed, extend=extend)
-    for reason, run_ids in plan.skipped.items():
-        typer.echo(f"skipping {len(run_ids)} run(s): {reason}")
-    launcher_cfg = grid.runs[0].config["launcher"]
-    codes: dict[Path, int] = {}
-    if plan.launch and launcher_cfg["name"] == "slurm":
-        jobs = SlurmLauncher(launcher_cfg, plan.sweep_dir).launch(
-            plan.launch, grid.runs[0].config["trainer"]["device"]
-        )
-        typer.echo(
-            f"submitted {len(jobs)} run(s) as SLURM array {jobs[0].partition('_')[0]}; "
-            f"follow them with: graftbench status {plan.sweep_dir} --watch"
-        )
-        if not wait:
-            return
-        with _monitor(len(plan.launch)) as monitor:
-            codes = wait_until_finished(plan.launch, monitor)
-    elif plan.launch:
-        typer.echo(f"launching {len(plan.launch)} run(s) in {plan.sweep_dir}")
-        launcher = LocalLauncher(launcher_cfg["max_parallel"], launcher_cfg["gpus_per_run"])
-        with _monitor(len(plan.launch)) as monitor:
-            codes = launcher.launch(plan.launch, monitor)
-    _print_status(plan.sweep_dir)
-    if codes:
-        _report(plan.sweep_dir)
-    failed = [d.name for d, code in codes.items() if code not in (0, 3, 75)]
-    if failed:
-        typer.echo(f"{len(failed)} run(s) failed; their logs: <run dir>/train.log", err=True)
-        raise typer.Exit(1)
+    options = workflow.Options(dry_run, list_runs, retry_failed, extend, wait)
+    code = workflow.run(overrides or [], options, typer.echo)
+    raise typer.Exit(int(code))
 
 
 @app.command()
@@ -154,17 +154,6 @@ def status(
             if all(s.status in ("done", "diverged", "failed") for s in states):
                 break
             time.sleep(interval)
-
-
-@contextmanager
-def _monitor(total: int) -> Iterator[Any]:
-    from graftbench.sweep.monitor import monitor_for
-
-    monitor = monitor_for(total)
-    try:
-        yield monitor
-    finally:
-        monitor.close()
 
 
 @app.command()
@@ -253,42 +242,13 @@ def sync(
 
 
 def _finished(run_dir: Path) -> bool:
-    from graftbench import rundir
+    from graftbench.record import RunRecord
+    from graftbench.rundir import RunDirError
 
     try:
-        return rundir.status(run_dir).finished
-    except rundir.RunDirError:
+        return RunRecord(run_dir).status().finished
+    except (RunDirError, ValueError):
         return False  # the runner reports what is wrong with the directory
-
-
-def _report(sweep_dir: Path) -> None:
-    """What a finished sweep prints: the M×D tables with the spread, and where its figures are."""
-    from graftbench.report import collect, tables
-    from graftbench.report.plots import plot_sweep
-
-    runs, _ = collect.collect(sweep_dir)
-    built = tables.build_tables(runs)
-    if built:
-        typer.echo(tables.render(built))
-    written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")
-    if written:
-        typer.echo(f"figures: {sweep_dir / 'figures'} ({len(written)} files)")
-
-
-def _print_grid(grid) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"sweep {grid.name}: {len(grid.runs)} runs")
-    keys = list(grid.axes)
-    for column in ["run id", *keys]:
-        table.add_column(column)
-    for run in grid.runs:
-        table.add_row(run.run_id, *(str(run.point.get(k)) for k in keys))
-    console = Console()
-    console.print(table)
-    if grid.estimate_device_hours is not None:
-        console.print(f"estimated total: {grid.estimate_device_hours:,.1f} device-hours")
 
 
 def _print_status(sweep_dir: Path) -> None:

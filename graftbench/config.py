@@ -190,8 +190,7 @@ def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str
                 problems.append("weight_decay is set but neither optimizer has a weight decay")
         elif key.startswith("peak_lr.") and key.split(".", 1)[1] not in used:
             problems.append(
-                f"{key} is set but this run uses {' and '.join(sorted(used))}; "
-                f"it would be ignored"
+                f"{key} is set but this run uses {' and '.join(sorted(used))}; it would be ignored"
             )
     return problems
 
@@ -431,8 +430,13 @@ def run_id(cfg: DictConfig | dict[str, Any], known: Encoded | None = None) -> st
 
     ``+`` rather than the paper's ``#``: W&B run ids (equal to ours) may not contain ``#``.
     """
-    m, d = (short_name(cfg[role]["name"]) for role in ROLES)
-    return f"{m}+{d}-s{cfg['seed']}-{config_hash(cfg, known)}"
+    return run_id_of(identity(cfg if isinstance(cfg, dict) else plain(cfg)), known)
+
+
+def run_id_of(ident: dict[str, Any], known: Encoded | None = None) -> str:
+    """The run id of an identity (already split off its config)."""
+    m, d = (short_name(ident[role]["name"]) for role in ROLES)
+    return f"{m}+{d}-s{ident['seed']}-{identity_hash(ident, known)}"
 
 
 def label(cfg: DictConfig | dict[str, Any]) -> str:
@@ -485,9 +489,7 @@ def execution_overrides_only(overrides: Sequence[str], ident: dict[str, Any]) ->
             continue
         if key == "data" and override.value() == data:
             continue
-        probe = {**ident}
-        tree = schema.execution_tree(probe)
-        if not _in_tree(tree, key):
+        if not is_execution_key(schema.execution_tree(ident), key):
             raise UserError(
                 f"{key!r} is part of the run's identity, which a run directory fixes; "
                 "only where and how it runs can be changed here "
@@ -495,7 +497,8 @@ def execution_overrides_only(overrides: Sequence[str], ident: dict[str, Any]) ->
             )
 
 
-def _in_tree(tree: dict[str, Any], dotted: str) -> bool:
+def is_execution_key(tree: dict[str, Any], dotted: str) -> bool:
+    """Whether ``dotted`` lies in an execution tree (``schema.execution_tree``)."""
     node: Any = tree
     for part in dotted.split("."):
         if node is None:

@@ -178,14 +178,37 @@ class RunRecord:
         """A pending record, unless one exists."""
         rundir.update_json(
             self.path,
-            lambda current: None
-            if current
-            else {**fields, "status": Status.PENDING, "created_at": rundir.now()},
+            lambda current: (
+                None
+                if current
+                else {**fields, "status": Status.PENDING, "created_at": rundir.now()}
+            ),
             sync=sync,
         )
 
+    def create_claimed(self, fields: dict[str, Any], *, sync: bool = True) -> str | None:
+        """A new record claimed at once by this sweep (one write instead of two); its token,
+        or None when a record exists (claim it then)."""
+        token = uuid.uuid4().hex
+        created = rundir.update_json(
+            self.path,
+            lambda current: (
+                None
+                if current
+                else {
+                    **fields,
+                    "status": Status.QUEUED,
+                    "created_at": rundir.now(),
+                    "queued_at": rundir.now(),
+                    "owner": _owner(token),
+                }
+            ),
+            sync=sync,
+        )
+        return token if (created.get("owner") or {}).get("token") == token else None
+
     def claim(
-        self, *, retry_failed: bool, slurm: dict[str, str] | None = None
+        self, *, retry_failed: bool, slurm: dict[str, str] | None = None, sync: bool = True
     ) -> tuple[str | None, str | None]:
         """(token, None) when this sweep now owns the run, or (None, why it was skipped)."""
         token = uuid.uuid4().hex
@@ -204,12 +227,12 @@ class RunRecord:
                     **record,
                     "status": Status.QUEUED,
                     "queued_at": rundir.now(),
-                    "owner": {"token": token, "host": socket.gethostname(), "pid": os.getpid()},
+                    "owner": _owner(token),
                     "slurm": None,
                 }
             return None
 
-        rundir.update_json(self.path, change)
+        rundir.update_json(self.path, change, sync=sync)
         return (None, outcome["skip"]) if "skip" in outcome else (token, None)
 
     def launched(self, token: str, **fields: Any) -> None:
@@ -221,15 +244,17 @@ class RunRecord:
     def release(self, token: str) -> None:
         """A claimed run that never started goes back to pending."""
         self._change(
-            lambda r: {**r, "status": Status.PENDING, "owner": None}
-            if r.get("status") == Status.QUEUED and _owned(r, token)
-            else None
+            lambda r: (
+                {**r, "status": Status.PENDING, "owner": None}
+                if r.get("status") == Status.QUEUED and _owned(r, token)
+                else None
+            )
         )
 
     def start(self, token: str | None, *, retry_failed: bool = True, **fields: Any) -> None:
         """This process starts (or resumes) the run; refuses a run someone else is training."""
         problem: dict[str, str] = {}
-        me = {"token": token, "host": socket.gethostname(), "pid": os.getpid()}
+        me = _owner(token)
 
         def change(record: dict[str, Any]) -> dict[str, Any] | None:
             status = Status(record["status"])
@@ -320,6 +345,10 @@ class RunRecord:
 
 class AlreadyFinished(Exception):
     """The run is done or diverged: nothing to do."""
+
+
+def _owner(token: str | None) -> dict[str, Any]:
+    return {"token": token, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _owned(record: dict[str, Any], token: str) -> bool:

@@ -211,7 +211,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path, *, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
     try:
-        data = yaml.load(read_text(path), Loader=_NoAliasLoader)  # noqa: S506 (a safe loader)
+        data = yaml.load(read_text(path), Loader=_NoAliasLoader)
     except (yaml.YAMLError, RecursionError) as err:
         raise RunDirError(f"{path}: unreadable ({_first_line(err)})") from None
     return _checked(path, data, versions)

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field, make_dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -51,32 +51,32 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"
 
 
-class Progress(str, Enum):
+class Progress(StrEnum):
     auto = "auto"
     always = "always"
     never = "never"
 
 
 # "global" is a Python keyword, hence the functional form
-Granularity = Enum("Granularity", {"layer": "layer", "global": "global"}, type=str)
+Granularity = StrEnum("Granularity", {"layer": "layer", "global": "global"})
 
 
 # -- sections that are not groups ---------------------------------------------------------
 @dataclass
 class TrainerConfig:
     epochs: int = setting(10, "training epochs (schedules are defined over them)", minimum=1)
-    max_steps: Optional[int] = setting(  # noqa: UP045 (OmegaConf reads Optional)
+    max_steps: Optional[int] = setting(
         None, "stop after this many steps (smoke tests); schedules keep `epochs`", minimum=1
     )
     batch_size: int = setting(
@@ -105,7 +105,7 @@ class TrainerConfig:
         execution=True,
         minimum=1,
     )
-    per_device_batch_size: Optional[int] = setting(  # noqa: UP045
+    per_device_batch_size: Optional[int] = setting(
         None,
         "null: batch_size / devices; smaller: gradient accumulation fills the global batch",
         execution=True,
@@ -149,7 +149,7 @@ class GraftConfig:
 class SweepConfig:
     name: str = setting("runs", "the results folder: <results_dir>/<name>/<run id>/")
     grid: dict[str, Any] = setting({}, "key -> list of values; `graftbench sweep` runs them all")
-    device_hours_per_run: Optional[float] = setting(  # noqa: UP045
+    device_hours_per_run: Optional[float] = setting(
         None, "an estimate, for `graftbench sweep --dry-run` to total up", minimum=0
     )
 
@@ -168,7 +168,7 @@ class Config:
     schedule: Any = setting(MISSING, "the learning-rate schedule (schedule group)")
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     graft: GraftConfig = field(default_factory=GraftConfig)
-    weight_decay: Optional[float] = setting(  # noqa: UP045
+    weight_decay: Optional[float] = setting(
         None,
         "weight decay of every optimizer that has one (null: each optimizer's own default)",
         minimum=0,
@@ -188,18 +188,18 @@ class Config:
 
 
 # -- models ---------------------------------------------------------------------------------
-class TransformerSize(str, Enum):
+class TransformerSize(StrEnum):
     tiny = "tiny"
     base = "base"
     paper = "paper"
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     pre = "pre"
     post = "post"
 
 
-class TiedEmbeddings(str, Enum):
+class TiedEmbeddings(StrEnum):
     none = "none"
     decoder = "decoder"
     all = "all"
@@ -255,7 +255,9 @@ class DigitsData:
 class ImageNetData:
     name: str = setting("imagenet", "ImageNet or any ImageFolder: root/{train,val}/<class>/<img>")
     task: str = _task("classification")
-    root: str = setting(MISSING, "the prepared folder (scripts/prepare_imagenet.py)", execution=True)
+    root: str = setting(
+        MISSING, "the prepared folder (scripts/prepare_imagenet.py)", execution=True
+    )
     crop_size: int = setting(224, "RandomResizedCrop (train) and CenterCrop (eval)", minimum=1)
     resize_size: int = setting(256, "evaluation resizes the shorter side to this first", minimum=1)
     num_classes: int = setting(1000, "classes", minimum=1)
@@ -288,7 +290,7 @@ class TranslationData:
     train_split: str = setting("train", "training split")
     valid_split: str = setting("valid", "validation split (newstest2013)")
     test_split: str = setting("test", "test split (newstest2014)")
-    max_tokens: Optional[int] = setting(  # noqa: UP045
+    max_tokens: Optional[int] = setting(
         None,
         "null: trainer.batch_size counts sentences; a number: padded tokens per micro-batch",
         minimum=1,
@@ -305,7 +307,7 @@ class TranslationData:
 
 
 # -- logger and launchers (all execution) ---------------------------------------------------
-class WandbMode(str, Enum):
+class WandbMode(StrEnum):
     offline = "offline"
     online = "online"
 
@@ -313,7 +315,7 @@ class WandbMode(str, Enum):
 @dataclass
 class WandbConfig:
     project: str = setting("graftbench", "W&B project")
-    entity: Optional[str] = setting(None, "W&B entity (team)")  # noqa: UP045
+    entity: Optional[str] = setting(None, "W&B entity (team)")
     mode: WandbMode = setting(WandbMode.offline, "offline (sync later) | online")
     group: str = setting("${sweep.name}", "W&B group")
     tags: list[str] = setting([], "W&B tags")
@@ -322,7 +324,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     name: str = setting("jsonl", "jsonl | wandb")
-    wandb: Optional[WandbConfig] = setting(None, "null: metrics.jsonl only")  # noqa: UP045
+    wandb: Optional[WandbConfig] = setting(None, "null: metrics.jsonl only")
 
 
 @dataclass
@@ -335,10 +337,10 @@ class LocalLauncher:
 @dataclass
 class SlurmLauncher:
     name: str = setting("slurm", "one SLURM job array per sweep (submitit)")
-    partition: Optional[str] = setting(None, "sbatch --partition")  # noqa: UP045
-    account: Optional[str] = setting(None, "sbatch --account")  # noqa: UP045
-    qos: Optional[str] = setting(None, "sbatch --qos")  # noqa: UP045
-    constraint: Optional[str] = setting(None, "sbatch --constraint")  # noqa: UP045
+    partition: Optional[str] = setting(None, "sbatch --partition")
+    account: Optional[str] = setting(None, "sbatch --account")
+    qos: Optional[str] = setting(None, "sbatch --qos")
+    constraint: Optional[str] = setting(None, "sbatch --constraint")
     timeout_min: int = setting(4320, "time limit per job, minutes", minimum=1)
     nodes: int = setting(1, "nodes per run", minimum=1)
     tasks_per_node: int = setting(
@@ -348,7 +350,7 @@ class SlurmLauncher:
         "${launcher.tasks_per_node}", "one GPU per process; none when trainer.device=cpu", minimum=0
     )
     cpus_per_task: int = setting(8, "data-loading workers + 1", minimum=1)
-    mem_gb: Optional[int] = setting(None, "memory per node", minimum=1)  # noqa: UP045
+    mem_gb: Optional[int] = setting(None, "memory per node", minimum=1)
     array_parallelism: int = setting(64, "array tasks running at once", minimum=1)
     max_num_timeout: int = setting(10, "requeues after a timeout", minimum=0)
     signal_delay_s: int = setting(
@@ -385,11 +387,13 @@ def _schedule_schema(name: str) -> type:
             steps_kind = list[int] if f.name == "milestones" else int
             epochs_kind = list[float] if f.name == "milestones" else float
             steps_help = f"{name}: {f.name} (or {base}_epochs; null: use that)"
-            fields.append((f.name, Optional[steps_kind], setting(None, steps_help, minimum=0)))  # noqa: UP045
+            fields.append((f.name, Optional[steps_kind], setting(None, steps_help, minimum=0)))
             epochs_help = f"{name}: {base} in epochs (converted with the steps per epoch)"
-            fields.append((f"{base}_epochs", Optional[epochs_kind], setting(None, epochs_help)))  # noqa: UP045
+            fields.append((f"{base}_epochs", Optional[epochs_kind], setting(None, epochs_help)))
         else:
-            fields.append((f.name, _kind(f.default), setting(_listed(f.default), f"{name}: {f.name}")))
+            fields.append(
+                (f.name, _kind(f.default), setting(_listed(f.default), f"{name}: {f.name}"))
+            )
     return make_dataclass(f"{name}_schedule", fields)
 
 
@@ -401,7 +405,7 @@ def _kind(default: Any) -> Any:
     if isinstance(default, tuple):
         inner = [_kind(v) for v in default if v is not None]
         item = inner[0] if inner else float
-        return list[Optional[item]] if None in default else list[item]  # noqa: UP045
+        return list[Optional[item]] if None in default else list[item]
     if isinstance(default, str):
         return str
     return Any

@@ -132,7 +132,9 @@ def make_schedule(
         raise ValueError(f"unknown schedule {name!r}; choose from: {', '.join(sorted(SCHEDULES))}")
     cls = SCHEDULES[name]
     for key in [k for k in fields if k.endswith("_epochs")]:
-        steps = "milestones" if key == "milestone_epochs" else key.removesuffix("_epochs") + "_steps"
+        steps = (
+            "milestones" if key == "milestone_epochs" else key.removesuffix("_epochs") + "_steps"
+        )
         if steps in fields:
             raise ValueError(f"schedule {name}: set {key} or {steps}, not both")
     if "milestone_epochs" in fields:

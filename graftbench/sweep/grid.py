@@ -24,7 +24,7 @@ from typing import Any
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
-from graftbench import config
+from graftbench import config, schema
 from graftbench.errors import UserError
 
 _SIMPLE = re.compile(r"^[\w.:/+-]+$")
@@ -39,6 +39,8 @@ class RunSpec:
     overrides: tuple[str, ...]  # base + point, as a user would type them for `graftbench train`
     point: dict[str, Any]  # the swept keys' values
     config: dict[str, Any] = field(repr=False)  # the resolved run config
+    identity: dict[str, Any] = field(repr=False)  # what it computes (config.yaml)
+    execution: dict[str, Any] = field(repr=False)  # where and how: this command's settings
 
     @property
     def magnitude(self) -> str:
@@ -81,13 +83,15 @@ def expand(overrides: Sequence[str]) -> Grid:
     value_axes = {k: v for k, v in axes.items() if not config.is_group(k)}
 
     runs_by_point: dict[tuple, RunSpec] = {}
+    typed = [o.key_or_group for o in parsed]
+    unused: list[list[str]] = []
     for choice, combo in _combos(base, group_axes):
         prefix = base + [_override(k, v) for k, v in choice.items()]
-        for point, spec in _points(combo, prefix, _checked_axes(combo, value_axes)):
+        for point, spec in _points(combo, prefix, _checked_axes(combo, value_axes), unused, typed):
             full = {**choice, **point}
-            runs_by_point[_key(full)] = RunSpec(
-                spec["run_id"], spec["overrides"], full, spec["config"]
-            )
+            runs_by_point[_key(full)] = RunSpec(point=full, **spec)
+    if unused and all(unused):  # ignored by every run of the grid
+        raise UserError(unused[0][0])
     ordered = [runs_by_point[_key(p)] for p in _product(axes)]
     ids = [r.run_id for r in ordered]
     if len(set(ids)) != len(ids):
@@ -183,31 +187,72 @@ def _checked_axes(combo: DictConfig, value_axes: dict[str, list[Any]]) -> dict[s
 
 
 def _points(
-    combo: DictConfig, prefix: list[str], axes: dict[str, list[Any]]
+    combo: DictConfig,
+    prefix: list[str],
+    axes: dict[str, list[Any]],
+    unused: list[list[str]],
+    typed: list[str],
 ) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
     sources = _interpolation_sources(combo)
     fast = not any(_related(key, source) for key in axes for source in sources)
     plain_direction = OmegaConf.select(combo, "direction") is None
-    recheck = any(_related(key, checked) for key in axes for checked in config.CHECKED)
     if fast:
         resolved = config.plain(config.finalize(combo))
-        known = config.Encoded(config.identity(resolved))
+        _check_axis_values(resolved, axes, plain_direction)
+        identity, execution = config.identity(resolved), config.execution(resolved)
+        tree = schema.execution_tree(resolved)
+        known = config.Encoded(identity)
+        unused.append(config.unused_overrides(resolved, typed))
     for point in _product(axes):
         overrides = tuple(prefix + [_override(k, v) for k, v in point.items()])
         if fast:
-            container = _patched(resolved, point)
-            if plain_direction and any(_related(k, "magnitude") for k in point):
-                container["direction"] = dict(container["magnitude"])
-            if recheck:
-                config.check_run(container)
-            run_id = config.run_id(container, known)
+            container = _with_point(resolved, point, plain_direction)
+            ident = _with_point(identity, _in_identity(point, tree), plain_direction)
+            run_id = config.run_id_of(ident, known)
         else:
             cfg = copy.deepcopy(combo)
             for key, value in point.items():
                 OmegaConf.update(cfg, key, value, force_add=True)
             container = config.plain(config.finalize(cfg))
+            ident, execution = config.identity(container), config.execution(container)
             run_id = config.run_id(container)
-        yield point, {"run_id": run_id, "overrides": overrides, "config": container}
+            unused.append(config.unused_overrides(container, typed))
+        yield (
+            point,
+            {
+                "run_id": run_id,
+                "overrides": overrides,
+                "config": container,
+                "identity": ident,
+                "execution": execution,
+            },
+        )
+
+
+def _with_point(resolved: dict[str, Any], point: dict[str, Any], plain: bool) -> dict[str, Any]:
+    container = _patched(resolved, point)
+    if plain and any(_related(k, "magnitude") for k in point) and "magnitude" in container:
+        container["direction"] = dict(container["magnitude"])
+    return container
+
+
+def _in_identity(point: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """The point's keys that are identity (an execution key is not hashed)."""
+    return {k: v for k, v in point.items() if not config.is_execution_key(tree, k)}
+
+
+def _check_axis_values(
+    resolved: dict[str, Any], axes: dict[str, list[Any]], plain_direction: bool
+) -> None:
+    """Each axis value checked once (not once per point); axes under the same top-level key
+    (``magnitude.lr`` and ``magnitude.momentum``) checked together, as they may conflict."""
+    by_section: dict[str, dict[str, list[Any]]] = {}
+    for key, values in axes.items():
+        section = "trainer" if key.split(".")[0] in ("trainer", "data") else key.split(".")[0]
+        by_section.setdefault(section, {})[key] = values
+    for section_axes in by_section.values():
+        for point in _product(section_axes):
+            config.check_run(_with_point(resolved, point, plain_direction))
 
 
 def _interpolation_sources(cfg: DictConfig) -> set[str]:

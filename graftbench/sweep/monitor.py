@@ -10,14 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from graftbench import rundir
+from graftbench.record import Exit
 from graftbench.rundir import RunDirError
 from graftbench.sweep.status import latest
 
-EXIT_MEANING = {0: "done", 3: "diverged", 75: "interrupted"}
-
 
 def outcome(code: int) -> str:
-    return EXIT_MEANING.get(code, f"failed (exit {code})")
+    return Exit.of(code).meaning if Exit.of(code) is not Exit.FAILED else f"failed (exit {code})"
 
 
 class LineMonitor:
@@ -35,7 +34,7 @@ class LineMonitor:
     def finished(self, run_dir: Path, exit_code: int) -> None:
         self.done += 1
         seconds = time.monotonic() - self.starts.pop(run_dir, time.monotonic())
-        hint = "" if exit_code in EXIT_MEANING else f" - see {run_dir / 'train.log'}"
+        hint = f" - see {run_dir / 'train.log'}" if Exit.of(exit_code) is Exit.FAILED else ""
         print(
             f"[{self.done}/{self.total}] {outcome(exit_code):9s} {run_dir.name} "
             f"({seconds:.0f} s){hint}",

@@ -5,33 +5,47 @@ The manifest (``sweep.json``) pins a sweep directory to one grid: a different gr
 same name is refused unless ``extend`` adds its runs to the existing ones. Re-running a sweep
 skips finished runs, resumes pending or interrupted ones (their checkpoints make that exact),
 reruns failed ones only when asked, and leaves runs that a live process or SLURM job owns
-alone. Claiming is a compare-and-set on ``run.json`` under its lock, so two sweeps started at
-once never launch the same run.
+alone. Claiming goes through each run's record (a compare-and-set under its lock), so two
+sweeps started at once never launch the same run.
+
+Speed: a new run costs two small files written without their own fsync; one ``os.sync`` at
+the end makes the whole sweep durable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from graftbench import rundir
 from graftbench.errors import UserError
-from graftbench.rundir import RunDirError, Status
-from graftbench.sweep.grid import Grid
-from graftbench.sweep.status import effective_status, owner_job, slurm_states
+from graftbench.record import RunRecord, owner_job, slurm_states
+from graftbench.rundir import RunDirError
+from graftbench.sweep.grid import Grid, RunSpec
 from graftbench.train import runner
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A claimed run, ready to start: where it is, the claim's token, how to execute it."""
+
+    run_dir: Path
+    token: str
+    execution: dict[str, Any]
+    threads: int  # the run's own (identity); its processes get OMP_NUM_THREADS
+
+    @property
+    def devices(self) -> int:
+        return int(self.execution["trainer"]["devices"])
 
 
 @dataclass
 class Plan:
     sweep_dir: Path
-    launch: list[Path] = field(default_factory=list)
+    launch: list[Launch] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run ids
 
     def skip(self, reason: str, run_id: str) -> None:
@@ -61,9 +75,9 @@ def write_manifest(grid: Grid, directory: Path, *, extend: bool = False) -> None
         for r in grid.runs
     ]
     axes = {k: list(v) for k, v in grid.axes.items()}
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            old = rundir.read_json(path)
+            old = rundir.read_any_json(path)
         except RunDirError as err:
             raise UserError(f"cannot read the sweep manifest: {err}") from None
         old_ids = [r["run_id"] for r in old["runs"]]
@@ -94,42 +108,62 @@ def _union(first: list[Any], second: list[Any]) -> list[Any]:
     return first + [v for v in second if v not in first]
 
 
+def prepare_sweep_dir(grid: Grid) -> Path:
+    directory = sweep_dir(grid)
+    for path in (directory, directory.parent):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; refusing to write through it")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} exists and is not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {directory}: {err.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {directory} (permission denied)")
+    return directory
+
+
 def plan(grid: Grid, *, retry_failed: bool = False, extend: bool = False) -> Plan:
     """Prepare every run directory and claim the runs to launch now."""
-    directory = sweep_dir(grid)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = prepare_sweep_dir(grid)
     write_manifest(grid, directory, extend=extend)
     result = Plan(directory)
-    launcher = {"host": socket.gethostname(), "pid": os.getpid()}
-    slurm = slurm_states(_owner_jobs(directory, [spec.run_id for spec in grid.runs]))
+    existing = {spec.run_id for spec in grid.runs if (directory / spec.run_id).exists()}
+    slurm = slurm_states(_owner_jobs(directory, sorted(existing)))
     for spec in grid.runs:
-        run_dir = runner.prepare(OmegaConf.create(spec.config), list(spec.overrides))
-        outcome: dict[str, str] = {}
-
-        def claim(record: dict[str, Any], outcome: dict[str, str] = outcome) -> dict | None:
-            status = effective_status(record, slurm)
-            if status.finished:
-                outcome["skip"] = str(status)
-            elif status is Status.FAILED and not retry_failed:
-                outcome["skip"] = "failed (rerun with --retry-failed)"
-            elif status in (Status.RUNNING, Status.QUEUED):
-                outcome["skip"] = f"{status} elsewhere"
-            else:
-                return {
-                    **record,
-                    "status": Status.QUEUED,
-                    "queued_at": rundir.now(),
-                    "launcher": launcher,
-                    "slurm": None,
-                }
-            return None
-
-        rundir.update_json(run_dir / rundir.RUN, claim)
-        if "skip" in outcome:
-            result.skip(outcome["skip"], spec.run_id)
+        token, skip = _claim(
+            directory / spec.run_id, spec, spec.run_id in existing, retry_failed, slurm
+        )
+        if token is None:
+            result.skip(skip or "unknown", spec.run_id)
         else:
-            result.launch.append(run_dir)
+            result.launch.append(
+                Launch(
+                    directory / spec.run_id,
+                    token,
+                    spec.execution,
+                    spec.config["trainer"]["threads"],
+                )
+            )
+    os.sync()  # the files above were written without their own fsync
     return result
+
+
+def _claim(
+    run_dir: Path,
+    spec: RunSpec,
+    exists: bool,
+    retry_failed: bool,
+    slurm: dict[str, str],
+) -> tuple[str | None, str | None]:
+    fields = runner.record_fields(spec.config, spec.run_id)
+    record = runner.prepare(run_dir, spec.identity, fields, sync=False, create=exists)
+    if not exists:
+        token = record.create_claimed(fields, sync=False)
+        if token is not None:
+            return token, None
+    return record.claim(retry_failed=retry_failed, slurm=slurm, sync=False)
 
 
 def _owner_jobs(directory: Path, run_ids: list[str]) -> list[str]:
@@ -145,10 +179,7 @@ def _owner_jobs(directory: Path, run_ids: list[str]) -> list[str]:
     return jobs
 
 
-def release(run_dirs: list[Path]) -> None:
+def release(launches: list[Launch]) -> None:
     """Put claimed runs that never started back to pending (the launch was abandoned)."""
-    for run_dir in run_dirs:
-        rundir.update_json(
-            run_dir / rundir.RUN,
-            lambda r: {**r, "status": Status.PENDING} if r.get("status") == Status.QUEUED else None,
-        )
+    for launch in launches:
+        RunRecord(launch.run_dir).release(launch.token)

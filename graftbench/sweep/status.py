@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,87 +22,10 @@ from tabulate import tabulate
 
 from graftbench import rundir
 from graftbench.errors import UserError
+from graftbench.record import effective_status, owner_job, slurm_states
 from graftbench.rundir import RunDirError, Status
 
 TAIL_BYTES = 16_384
-SLURM_ACTIVE = {
-    "PENDING",
-    "RUNNING",
-    "CONFIGURING",
-    "COMPLETING",
-    "REQUEUED",
-    "RESIZING",
-    "SUSPENDED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-UNKNOWN = "?"  # SLURM could not be asked: keep the recorded status rather than guess
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """The SLURM state of each job id asked about: "" for a job squeue no longer knows,
-    ``UNKNOWN`` for all of them when squeue is missing or fails (a controller outage must not
-    make running jobs look dead)."""
-    if not job_ids:
-        return {}
-    cannot_tell = dict.fromkeys(job_ids, UNKNOWN)
-    if shutil.which("squeue") is None:
-        return cannot_tell
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return cannot_tell
-    if out.returncode != 0:  # squeue fails outright when it knows none of the ids
-        return dict.fromkeys(job_ids, "") if "Invalid job id" in out.stderr else cannot_tell
-    states = dict.fromkeys(job_ids, "")
-    for line in out.stdout.splitlines():
-        job, _, state = line.strip().partition(" ")
-        states[job] = state
-    return states
-
-
-def owner_job(record: dict[str, Any]) -> str | None:
-    """The SLURM job that owns the run (its array task id form, as squeue prints it)."""
-    slurm = record.get("slurm") or {}
-    if slurm.get("array_job_id") and slurm.get("array_task_id") not in (None, ""):
-        return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
-    return slurm.get("job_id")
-
-
-def effective_status(record: dict[str, Any], slurm: dict[str, str] | None = None) -> Status:
-    """The recorded status, with dead owners of running/queued runs turned into pending."""
-    status = Status(record["status"])
-    if status not in (Status.RUNNING, Status.QUEUED):
-        return status
-    job = owner_job(record)
-    if job is not None:
-        states = slurm if slurm is not None and job in slurm else slurm_states([job])
-        if states[job] == UNKNOWN:
-            return status
-        return status if states[job] in SLURM_ACTIVE else Status.PENDING
-    owner = record.get("launcher") if status is Status.QUEUED else record
-    if owner and owner.get("host") == socket.gethostname() and owner.get("pid"):
-        return status if pid_alive(int(owner["pid"])) else Status.PENDING
-    return status
 
 
 @dataclass
@@ -126,10 +46,12 @@ class RunState:
 
 
 def _load(run_dir: Path) -> dict[str, Any] | RunDirError | None:
-    if not (run_dir / rundir.RUN).exists():
+    if run_dir.is_symlink():
+        return RunDirError(f"{run_dir}: a symbolic link; not followed")
+    if not (run_dir / rundir.RUN).exists() and not (run_dir / rundir.RUN).is_symlink():
         return None
     try:
-        return rundir.read_json(run_dir / rundir.RUN)
+        return rundir.read_any_json(run_dir / rundir.RUN)
     except RunDirError as err:
         return err
 
@@ -163,7 +85,7 @@ def _row(
 def latest(path: Path) -> tuple[int | None, str | None]:
     """The last step and the newest metric, from the tail of metrics.jsonl."""
     try:
-        with path.open("rb") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
@@ -197,18 +119,22 @@ def _elapsed(record: dict[str, Any], status: Status) -> float | None:
 
 
 def sweep_runs(sweep_dir: Path) -> list[Path]:
-    """The sweep's run directories: the manifest's order, then any others found."""
+    """The sweep's run directories: the manifest's order, then any others found. Names that
+    are not run ids (``../x``, ``/etc``) are ignored: a manifest may come from anyone."""
     listed: list[Path] = []
     try:
-        manifest = rundir.read_json(sweep_dir / rundir.SWEEP)
-        listed = [sweep_dir / r["run_id"] for r in manifest["runs"]]
+        manifest = rundir.read_any_json(sweep_dir / rundir.SWEEP)
+        ids = [r.get("run_id") for r in manifest.get("runs", []) if isinstance(r, dict)]
+        listed = [sweep_dir / i for i in ids if isinstance(i, str) and rundir.is_run_id(i)]
     except RunDirError:
         pass
     seen = set(listed)
     extra = sorted(
-        p for p in sweep_dir.iterdir() if p.is_dir() and p not in seen and (p / rundir.RUN).exists()
+        p
+        for p in sweep_dir.iterdir()
+        if p not in seen and rundir.is_run_id(p.name) and (p / rundir.RUN).exists()
     )
-    return listed + extra
+    return list(dict.fromkeys(listed)) + extra
 
 
 def collect(sweep_dir: Path) -> list[RunState]:

@@ -108,6 +108,17 @@ class Engine:
         self.started = time.perf_counter()
         checkpoint.seed_everything(cfg.seed + 1_000_003 * dist.rank)
 
+    def describe(self) -> dict[str, Any]:
+        """What run.json records once the run is built: its size, and the numerics it runs
+        with (threads and the CPU kernels torch picked change the last digits)."""
+        return {
+            "total_steps": self.last_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "parameters": sum(p.numel() for p in self.module.parameters()),
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+
     # -- lifecycle -------------------------------------------------------------------------
     def fit(self) -> Outcome:
         if self.ckpt_path.exists():
@@ -372,7 +383,7 @@ class _Window:
 
 def _param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.graft.decay_1d_params:
+    if cfg.decay_1d_params:
         return [{"params": named}]
     return [
         {"params": [(n, p) for n, p in named if p.dim() > 1]},

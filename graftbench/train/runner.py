@@ -1,152 +1,171 @@
 """One run directory, from ``pending`` to a final status.
 
-``prepare(cfg)`` creates ``results/<sweep>/<run-id>/`` with ``config.yaml`` and a ``pending``
-``run.json`` (an existing directory is reused only if it holds the same run). ``execute(dir)``
-is what every process of the run calls - in the foreground, under torchrun, or in a SLURM job:
-it skips finished runs, resumes from the checkpoint when there is one, and records the ending.
-
-Exit codes: 0 done (or already done), 1 failed, 2 user error, 3 diverged, 75 interrupted by a
-signal after checkpointing (EX_TEMPFAIL: run it again to resume).
+``prepare`` creates ``results/<sweep>/<run-id>/`` with ``config.yaml`` (the run's identity) and a
+pending record; an existing directory is reused only if it holds the same identity. ``load``
+rebuilds a run's config from that stored identity - data, checked against the schema, never
+instantiated - and the execution settings of the current command. ``execute`` is what every
+process of the run calls - in the foreground, under torchrun, or in a SLURM job: it starts the
+run through its record (refusing a run another process is training), resumes from the
+checkpoint when there is one, and records the ending. Exit codes: :class:`~graftbench.record.Exit`.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from graftbench import config, provenance, rundir
 from graftbench.errors import UserError
-from graftbench.rundir import Status
+from graftbench.record import AlreadyFinished, Exit, RunRecord
+from graftbench.rundir import RunDirError, Status
 from graftbench.train import distributed
 
-EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 3, 75
+
+def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> Path:
+    return Path(cfg["results_dir"]) / cfg["sweep"]["name"] / (run_id or config.run_id(cfg))
 
 
-def run_dir_for(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / cfg.sweep.name / config.run_id(cfg)
-
-
-def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
-    """The run directory for ``cfg``, created with ``config.yaml`` and a pending ``run.json``."""
-    run_dir = run_dir_for(cfg)
-    config_path = run_dir / rundir.CONFIG
-    if config_path.exists():
-        existing = OmegaConf.create(_without_schema(rundir.read_yaml(config_path)))
-        if config.config_hash(existing) != config.config_hash(cfg):
-            raise UserError(f"{run_dir} holds a different run; refusing to overwrite it")
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_yaml(config_path, OmegaConf.to_container(cfg, resolve=True))
-    rundir.update_json(
-        run_dir / rundir.RUN,
-        lambda current: (
-            current
-            or {
-                **identity_fields(cfg),
-                "overrides": overrides or [],
-                "status": Status.PENDING,
-                "created_at": rundir.now(),
-            }
-        ),
-    )
-    return run_dir
-
-
-def identity_fields(cfg: DictConfig) -> dict[str, Any]:
+def record_fields(cfg: DictConfig | dict[str, Any], run_id: str) -> dict[str, Any]:
+    """What run.json says about the run from the start (its id and what it trains)."""
     return {
-        "run_id": config.run_id(cfg),
-        "sweep": cfg.sweep.name,
+        "run_id": run_id,
+        "sweep": cfg["sweep"]["name"],
         "label": config.label(cfg),
-        "magnitude": config.short_name(cfg.magnitude.name),
-        "direction": config.short_name(cfg.direction.name),
-        "seed": cfg.seed,
-        "task": cfg.data.task,
+        "magnitude": config.short_name(cfg["magnitude"]["name"]),
+        "direction": config.short_name(cfg["direction"]["name"]),
+        "seed": cfg["seed"],
+        "task": cfg["data"]["task"],
     }
 
 
-def load_config(run_dir: Path) -> DictConfig:
+def prepare(
+    run_dir: Path,
+    identity: dict[str, Any],
+    fields: dict[str, Any],
+    *,
+    sync: bool = True,
+    create: bool = True,
+) -> RunRecord:
+    """``run_dir`` with ``config.yaml`` (the identity) and a pending record (unless
+    ``create`` is false: the caller creates it claimed); an existing directory must hold the
+    same identity."""
+    if run_dir.is_symlink() or run_dir.parent.is_symlink():
+        raise UserError(f"{run_dir} is a symbolic link; refusing to use it")
+    path = run_dir / rundir.CONFIG
+    if path.exists():
+        stored = _stored_identity(run_dir)
+        if config.identity_hash(stored) != config.identity_hash(identity):
+            raise UserError(f"{run_dir} holds a different run; refusing to overwrite it")
+    else:
+        try:
+            rundir.write_yaml(path, identity, sync=sync)
+        except (OSError, RunDirError) as err:
+            raise UserError(
+                f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
+            ) from None
+    record = RunRecord(run_dir)
+    if create:
+        record.create(fields, sync=sync)
+    return record
+
+
+def _stored_identity(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.CONFIG
     try:
-        data = rundir.read_yaml(run_dir / rundir.CONFIG)
-    except rundir.RunDirError as err:
+        data = rundir.read_yaml(path, versions=rundir.READABLE_VERSIONS)
+    except RunDirError as err:
         raise UserError(f"not a run directory: {err}") from None
-    cfg = OmegaConf.create(_without_schema(data))
-    OmegaConf.set_struct(cfg, True)
-    return cfg
+    if data.get("schema_version") != rundir.SCHEMA_VERSION:
+        raise UserError(
+            f"{path} was written by an older graftbench (schema_version "
+            f"{data.get('schema_version')}): tables, plots and status read it, but it cannot "
+            "be resumed; run it again under a new id"
+        )
+    stored = {k: v for k, v in data.items() if k != "schema_version"}
+    return config.check_identity(stored, str(path))
 
 
-def _without_schema(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != "schema_version"}
+def load(
+    run_dir: Path,
+    execution: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> DictConfig:
+    """The run's config: its stored identity with this command's execution settings
+    (``execution`` as a sweep resolved them, or composed from ``overrides``)."""
+    if run_dir.is_symlink():
+        raise UserError(f"{run_dir} is a symbolic link; refusing to use it")
+    identity = _stored_identity(run_dir)
+    computed = config.run_id_of(identity)
+    if computed != run_dir.name:
+        raise UserError(
+            f"{run_dir}: config.yaml does not match the run id (it hashes to {computed}); "
+            "it was edited or copied from another run"
+        )
+    if execution is None:
+        execution = config.execution_for(identity, overrides or [])
+    return config.for_run(identity, execution)
 
 
-def execute(run_dir: Path) -> int:
+def execute(run_dir: Path, cfg: DictConfig, token: str | None = None) -> Exit:
     """Train the run in ``run_dir`` as this process's part of it; returns the exit code."""
     from graftbench.train.engine import Engine  # the heavy imports only when training
 
-    cfg = load_config(run_dir)
-    run_json = run_dir / rundir.RUN
-    if rundir.status(run_dir).finished:
-        print(f"{run_dir}: already {rundir.status(run_dir)}, nothing to do")
-        return EXIT_DONE
+    record = RunRecord(run_dir)
     dist = distributed.setup(cfg.trainer.device)
     try:
         if dist.main:
-            rundir.update_json(run_json, lambda r: _started(r, dist.world_size))
+            try:
+                record.start(token, **_provenance(dist.world_size))
+            except AlreadyFinished as done:
+                print(f"{run_dir}: already {done}, nothing to do")
+                return Exit.DONE
         try:
-            engine = Engine(cfg, run_dir, config.run_id(cfg), dist)
+            engine = Engine(cfg, run_dir, run_dir.name, dist)
             if dist.main:
-                parameters = sum(p.numel() for p in engine.module.parameters())
-                rundir.update_json(
-                    run_json,
-                    lambda r: {**r, "total_steps": engine.last_step, "parameters": parameters},
-                )
+                record.measured(**engine.describe())
             outcome = engine.fit()
         except UserError as err:
             if dist.main:
-                _end(run_dir, Status.FAILED, error=str(err))
+                record.fail(str(err))
+                print(f"{run_dir}: failed: {err}", flush=True)
             raise
         except Exception as err:
             traceback.print_exc()
             if dist.main:
-                _end(run_dir, Status.FAILED, error=f"{type(err).__name__}: {err}")
-            return EXIT_FAILED
+                record.fail(f"{type(err).__name__}: {err}")
+            return Exit.FAILED
     finally:
         distributed.teardown()
-    if not dist.main:
-        return EXIT_INTERRUPTED if outcome.interrupted else EXIT_DONE
     if outcome.interrupted:
-        rundir.update_json(
-            run_json,
-            lambda r: {
-                **r,
-                "status": Status.PENDING,
-                "step": outcome.step,
-                "interrupted_by": outcome.stop_signal or "a signal to another rank",
-            },
-        )
-        print(f"{run_dir}: interrupted at step {outcome.step}; run again to resume")
-        return EXIT_INTERRUPTED
+        if dist.main:
+            record.interrupt(outcome.step, outcome.stop_signal)
+            print(f"{run_dir}: interrupted at step {outcome.step}; run again to resume")
+        return Exit.INTERRUPTED
+    if not dist.main:
+        return Exit.DONE
     status = Status.DIVERGED if outcome.diverged_step is not None else Status.DONE
-    summary = {
-        "steps": outcome.step,
-        "epochs": outcome.epochs,
-        "wall_time_s": outcome.wall_time_s,
-        "final": outcome.final,
-        "best": outcome.best,
-        "diverged_step": outcome.diverged_step,
-        "replica_checksums": outcome.replica_checksums,
-        "notes": outcome.notes,
-    }
-    _end(run_dir, status, summary=summary, step=outcome.step, diverged_step=outcome.diverged_step)
-    return EXIT_DIVERGED if status is Status.DIVERGED else EXIT_DONE
+    record.finish(
+        status,
+        {
+            "step": outcome.step,
+            "steps": outcome.step,
+            "epochs": outcome.epochs,
+            "wall_time_s": outcome.wall_time_s,
+            "final": outcome.final,
+            "best": outcome.best,
+            "diverged_step": outcome.diverged_step,
+            "replica_checksums": outcome.replica_checksums,
+            "notes": outcome.notes,
+        },
+    )
+    return Exit.for_status(status)
 
 
-def _started(record: dict[str, Any], world_size: int) -> dict[str, Any]:
+def _provenance(world_size: int) -> dict[str, Any]:
     slurm = {
         key: os.environ[var]
         for key, var in (
@@ -157,36 +176,4 @@ def _started(record: dict[str, Any], world_size: int) -> dict[str, Any]:
         )
         if var in os.environ
     }
-    return {
-        **record,
-        **provenance.record(world_size),
-        "status": Status.RUNNING,
-        "started_at": record.get("started_at") or rundir.now(),
-        "attempts": record.get("attempts", 0) + 1,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "slurm": slurm or None,
-        "error": None,
-        "interrupted_by": None,
-    }
-
-
-def _end(
-    run_dir: Path,
-    status: Status,
-    *,
-    summary: dict | None = None,
-    error: str | None = None,
-    **fields: Any,
-) -> None:
-    record = rundir.update_json(
-        run_dir / rundir.RUN,
-        lambda r: {**r, **fields, "status": status, "ended_at": rundir.now(), "error": error},
-    )
-    keys = ("run_id", "label", "magnitude", "direction", "seed", "task")
-    rundir.write_json(
-        run_dir / rundir.SUMMARY,
-        {**{k: record.get(k) for k in keys}, "status": status, "error": error, **(summary or {})},
-    )
-    if error:
-        print(f"{run_dir}: {status}: {error}", file=sys.stderr)
+    return {**provenance.record(world_size), "slurm": slurm or None}

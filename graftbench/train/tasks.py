@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from graftbench.data import build_images
 from graftbench.errors import UserError
+from graftbench.models import build_model
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum
 
 
@@ -67,21 +67,11 @@ def make_task(cfg: DictConfig, dist: Dist) -> Task:
     raise UserError(f"data.task: unknown task {kind!r}; choose from: classification, translation")
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, letting a ``UserError`` from the target through as itself."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
-
-
 def count_parameters(cfg: DictConfig) -> int:
     """The model's parameter count, built on the meta device (no memory, no data needed;
     translation models at their configured vocabulary size, 32k for the paper's)."""
     with torch.device("meta"):
-        model = build(cfg.model)
+        model = build_model(cfg.model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -103,7 +93,7 @@ class ClassificationTask(Task):
     def __init__(self, cfg: DictConfig, dist: Dist) -> None:
         from graftbench.data.sampling import make_loader
 
-        data = build(cfg.data.source)
+        data = build_images(cfg.data)
         if data.num_classes != cfg.data.num_classes:
             raise UserError(
                 f"data.num_classes={cfg.data.num_classes} but the dataset has "
@@ -134,7 +124,7 @@ class ClassificationTask(Task):
                 f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
                 f"({len(data.train)} samples)"
             )
-        self.model = build(cfg.model)
+        self.model = build_model(cfg.model)
         self.label_smoothing = cfg.trainer.label_smoothing
         self.channels_last = cfg.trainer.channels_last
         self.top_k = min(5, data.num_classes)
@@ -208,7 +198,7 @@ class TranslationTask(Task):
         self.steps_per_epoch = len(self.train_loader) // self.accum
         if self.steps_per_epoch == 0:
             raise UserError(f"{d.train_split} has fewer batches than one step takes")
-        self.model = build(
+        self.model = build_model(
             cfg.model,
             vocab_size=vocab.size,
             pad_id=vocab.pad_id,
@@ -216,7 +206,7 @@ class TranslationTask(Task):
             eos_id=vocab.eos_id,
         )
         self.pad_id = vocab.pad_id
-        self.label_smoothing = d.label_smoothing
+        self.label_smoothing = cfg.trainer.label_smoothing
 
     def batches(self, epoch: int, start_step: int) -> Iterator[list[Any]]:
         micro_batches = self.train_loader.epoch(epoch, start_step * self.accum)
