@@ -330,7 +330,12 @@ class LoggerConfig:
 @dataclass
 class LocalLauncher:
     name: str = setting("local", "runs on this machine, each in its own process")
-    max_parallel: int = setting(1, "runs at once", minimum=1)
+    max_parallel: Optional[int] = setting(
+        None,
+        "runs at once; null: as many as fit (one per gpus_per_run GPUs, or CPU cores / "
+        "trainer.threads on a CPU machine)",
+        minimum=1,
+    )
     gpus_per_run: int = setting("${trainer.devices}", "CUDA devices per run", minimum=1)
 
 
@@ -572,9 +577,9 @@ def _out_of_bounds(key: str, value: Any, meta: Any) -> str | None:
         return f"{key}: {value} is not a finite number"
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and value < low:
-        return f"{key}: {value} is below the minimum {low}"
+        return f"{key}: {value:g} is below the minimum {low:g}"
     if high is not None and value > high:
-        return f"{key}: {value} is above the maximum {high}"
+        return f"{key}: {value:g} is above the maximum {high:g}"
     return None
 
 

@@ -12,12 +12,18 @@ from omegaconf import OmegaConf
 
 from graftbench import config
 from graftbench.errors import UserError
+from graftbench.optim.rules import RULES
 
 REPO = Path(__file__).resolve().parent.parent
-# ImageNet and WMT14 have a mandatory root; ++ sets it or adds it.
-ROOT = "++data.root=/tmp/data"
-# Options that only make sense with another choice (translation data needs a translation model)
-COMPANION = {("data", "wmt14"): ["model=transformer_tiny"]}
+# Options that only make sense with another choice: ImageNet and WMT14 have a mandatory root,
+# translation data needs a translation model.
+ROOT = "data.root=/tmp/data"
+COMPANION = {
+    ("data", "wmt14"): ["model=transformer_tiny", ROOT],
+    ("data", "imagenet"): [ROOT],
+    ("experiment", "paper_imagenet"): [ROOT],
+    ("experiment", "paper_wmt14"): [ROOT],
+}
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -27,7 +33,7 @@ def all_options() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("group", "option"), all_options())
 def test_every_config_in_conf_composes(group, option):
     key = "magnitude" if group == "optim" else group
-    cfg = config.compose([f"{key}={option}", ROOT, *COMPANION.get((group, option), [])])
+    cfg = config.compose([f"{key}={option}", *COMPANION.get((group, option), [])])
     assert OmegaConf.select(cfg, "magnitude.name")
     assert cfg.direction == cfg.magnitude  # direction left out: the plain optimizer
 
@@ -40,12 +46,47 @@ def test_magnitude_and_direction_by_name_with_overrides():
     assert config.label(cfg) == "adam#sgd"
 
 
-def test_model_alone_selects_the_paper_recipe():
-    cfg = config.compose(["model=resnet50", "data.root=/data/imagenet"])
-    assert cfg.data.name == "imagenet" and cfg.trainer.batch_size == 4096
-    assert cfg.schedule.name == "warmup_exp_decay" and cfg.magnitude.lr == 1.6
-    explicit = config.compose(["model=resnet50", "experiment=demo", "data=digits"])
-    assert explicit.trainer.batch_size == 64
+def test_the_base_is_neutral_and_experiments_are_chosen():
+    cfg = config.compose([])
+    assert cfg.trainer.device == "auto" and cfg.sweep.name == "runs"
+    assert cfg.schedule.name == "constant" and dict(cfg.peak_lr) == {}
+    assert cfg.magnitude.lr == RULES["sgd"].defaults["lr"]  # torch's default, no workload's
+    alone = config.compose(["model=resnet50", "data=imagenet", "data.root=/data"])
+    assert alone.trainer.batch_size == 64 and alone.schedule.name == "constant"  # no recipe
+    paper = config.compose(["experiment=paper_imagenet", "data.root=/data/imagenet"])
+    assert paper.data.name == "imagenet" and paper.trainer.batch_size == 4096
+    assert paper.schedule.name == "warmup_exp_decay" and paper.magnitude.lr == 1.6
+    demo = config.compose(["experiment=demo"])
+    assert demo.sweep.name == "demo" and demo.trainer.device == "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_optimizer_defaults_come_from_the_rule(name):
+    """One source: every hyperparameter's default is the rule's own (torch.optim's)."""
+    cfg = config.plain(config.compose([f"magnitude={name}"]))["magnitude"]
+    written = (REPO / "conf" / "optim" / f"{name}.yaml").read_text()
+    assert "\nlr:" not in written and "\nweight_decay:" not in written
+    for key, default in RULES[name].defaults.items():
+        if f"\n{key}:" not in written:
+            expected = list(default) if isinstance(default, tuple) else default
+            assert cfg[key] == expected, key
+
+
+def test_top_level_weight_decay_reaches_every_optimizer_that_has_one():
+    adamw = config.compose(["magnitude=adamw"])
+    assert adamw.magnitude.weight_decay == 0.01  # torch.optim.AdamW's default
+    assert config.compose(["magnitude=adamw", "weight_decay=1e-4"]).magnitude.weight_decay == 1e-4
+    pair = config.compose(["magnitude=lion", "direction=sgd", "weight_decay=0.05"])
+    assert pair.magnitude.weight_decay == pair.direction.weight_decay == 0.05
+    explicit = config.compose(["magnitude=adamw", "weight_decay=1e-4", "magnitude.weight_decay=0"])
+    assert explicit.magnitude.weight_decay == 0
+
+
+def test_workload_learning_rates_and_explicit_ones():
+    cfg = config.compose(["magnitude=adam", "direction=sgd", "peak_lr.adam=0.003"])
+    assert cfg.magnitude.lr == 0.003 and cfg.direction.lr == RULES["sgd"].defaults["lr"]
+    explicit = config.compose(["magnitude=adam", "peak_lr.adam=0.003", "magnitude.lr=0.1"])
+    assert explicit.magnitude.lr == 0.1
 
 
 def test_run_id_is_stable_readable_and_ignores_where_it_runs():
@@ -60,13 +101,31 @@ def test_run_id_is_stable_readable_and_ignores_where_it_runs():
             "direction=sgd",
             "seed=3",
             "launcher=slurm",
+            "logger=wandb",
             "results_dir=/elsewhere",
             "trainer.devices=8",
+            "trainer.device=cpu",
+            "trainer.log_every_steps=1",
+            "trainer.checkpoint_every_steps=7",
+            "trainer.layer_log_every_steps=3",
+            "data.workers=4",
         ]
     )
     assert config.run_id(moved) == config.run_id(a)
-    changed = config.compose(["magnitude=adam", "direction=sgd", "seed=3", "magnitude.lr=0.01"])
-    assert config.run_id(changed) != config.run_id(a)
+    for change in ("magnitude.lr=0.01", "trainer.threads=2", "trainer.eval_every_epochs=2"):
+        changed = config.compose(["magnitude=adam", "direction=sgd", "seed=3", change])
+        assert config.run_id(changed) != config.run_id(a), change
+
+
+def test_identity_and_execution_split_the_config():
+    from graftbench import schema
+
+    cfg = config.plain(config.compose(["experiment=paper_imagenet", "data.root=/data"]))
+    identity, execution = config.identity(cfg), config.execution(cfg)
+    assert "root" not in identity["data"] and execution["data"]["root"] == "/data"
+    assert "launcher" not in identity and "logger" not in identity and "sweep" not in identity
+    assert identity["trainer"]["threads"] == 1 and "devices" not in identity["trainer"]
+    assert schema.merge(identity, execution) == cfg
 
 
 @pytest.mark.parametrize(
@@ -76,12 +135,26 @@ def test_run_id_is_stable_readable_and_ignores_where_it_runs():
         (["modle=resnet50"], "unknown key 'modle'; did you mean 'model'?"),
         (["trainer.epochs=abc"], "trainer.epochs: expected an integer, got 'abc'"),
         (["magnitude.lrr=0.2"], "unknown key 'magnitude.lrr'; did you mean 'lr'?"),
-        (["magnitude.lr=-1"], "magnitude: sgd: invalid lr -1: must be >= 0"),
+        (["magnitude.lr=-1"], "magnitude.lr: -1 is below the minimum 0"),
+        (["magnitude.lr=nan"], "magnitude.lr: nan is not a finite number"),
+        (["direction=sgd", "direction.lr=inf"], "direction.lr: inf is not a finite number"),
+        (["trainer.epochs=0"], "trainer.epochs: 0 is below the minimum 1"),
+        (["seed=-1"], "seed: -1 is below the minimum 0"),
         (["data=imagenet"], "data.root must be set"),
         (["seed=0,1"], "use `graftbench sweep` to run a grid"),
-        (["graft.granularity=tensor"], "choose from: layer, global"),
+        (["graft.granularity=tensor"], "graft.granularity: invalid 'tensor'; choose from: layer"),
+        (["trainer.device=gpu"], "trainer.device: invalid 'gpu'; choose from: auto, cpu, cuda"),
         (["schedule=linear"], "unknown schedule 'linear'; choose from: constant"),
         (["trainer.batch_size=[1]"], "trainer.batch_size: expected an integer"),
+        (["trainer.epochs=1", "trainer.epochs=2"], "'trainer.epochs' is given twice"),
+        (["peak_lr.lion=0.1"], "peak_lr.lion is set but this run uses sgd"),
+        (["direction.lr=0.1"], "direction is not set"),
+        (["trainer.batch_size=63", "trainer.devices=2"], "not a multiple of the per-device"),
+        (
+            ["schedule=warmup_exp_decay", "schedule.warmup_steps=3"],
+            "set warmup_epochs or warmup_steps, not both",
+        ),
+        (["magnitude.nesterov=3"], "magnitude.nesterov: expected true or false, got 3"),
     ],
 )
 def test_mistakes_are_user_errors_naming_the_choices(overrides, message):
@@ -113,12 +186,12 @@ def test_cli_mistake_is_one_line_exit_2_and_writes_nothing(tmp_path, bad):
 def test_cli_dry_run_prints_the_resolved_config(tmp_path):
     result = run_cli("train", "magnitude=adam", "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "name: adam" in result.stdout and "# run directory: results/demo/adam+adam-s0-" in (
+    assert "name: adam" in result.stdout and "# run directory: results/runs/adam+adam-s0-" in (
         result.stdout
     )
     assert "# model: " in result.stdout
     paper = run_cli(
-        "train", "model=transformer_wmt14", "data.root=/nowhere", "--dry-run", cwd=tmp_path
+        "train", "experiment=paper_wmt14", "data.root=/nowhere", "--dry-run", cwd=tmp_path
     )
     assert "# model: 375,377,920 parameters" in paper.stdout, paper.stderr
     assert list(tmp_path.iterdir()) == []
@@ -143,29 +216,29 @@ def real_data(tmp_path_factory):
 def test_every_model_config_instantiates(option):
     import torch
 
-    from graftbench.train.tasks import build
+    from graftbench.models import build_model
 
-    cfg = config.compose([f"model={option}", ROOT])
-    extra = {"vocab_size": 1000} if cfg.data.task == "translation" else {}
+    cfg = config.compose([f"model={option}"])
+    extra = {"vocab_size": 1000} if cfg.model.name == "transformer" else {}
     with torch.device("meta"):  # the 375M Transformer without allocating it
-        model = build(cfg.model, **extra)
+        model = build_model(cfg.model, **extra)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 @pytest.mark.parametrize("option", config.groups()["data"])
 def test_every_data_config_instantiates(option, real_data):
+    from graftbench.data import build_images
     from graftbench.data.translation import TranslationData
-    from graftbench.train.tasks import build
 
     root, size = real_data.get(option, (None, None))
     overrides = [f"data={option}", *COMPANION.get(("data", option), [])]
     if root is not None:
-        overrides.append(f"data.root={root}")
+        overrides = [o for o in overrides if o != ROOT] + [f"data.root={root}"]
     cfg = config.compose(overrides)
     if cfg.data.task == "translation":
         assert TranslationData(cfg.data.root).vocab.size == size
         return
-    data = build(cfg.data.source)
+    data = build_images(cfg.data)
     assert len(data.train) > 0 and len(data.val) > 0
     assert data.in_channels == cfg.data.in_channels
     assert size is None or data.num_classes == size
@@ -177,13 +250,13 @@ def test_every_launcher_config_builds_its_launcher(option, tmp_path):
 
     options = config.plain(config.compose([f"launcher={option}"]))["launcher"]
     if option == "local":
-        launcher = LocalLauncher(options["max_parallel"], options["gpus_per_run"])
-        assert launcher.max_parallel == 2  # the demo's
+        launcher = LocalLauncher(options["max_parallel"], options["gpus_per_run"], gpu_count=int)
+        assert launcher.slots == os.cpu_count()  # by default: cores / threads (1) on a CPU
     else:
         options.update(partition="gpu", qos="high", mem_gb=64)
-        launcher = SlurmLauncher(options, tmp_path)
-        launcher.executor("cuda")  # submitit accepts every parameter
-        gpu, cpu = launcher.parameters("cuda"), launcher.parameters("cpu")
+        SlurmLauncher(options, tmp_path, "cuda").executor()  # submitit accepts every parameter
+        gpu = SlurmLauncher(options, tmp_path, "cuda").parameters()
+        cpu = SlurmLauncher(options, tmp_path, "cpu").parameters()
         assert gpu["gpus_per_node"] == gpu["tasks_per_node"] == 1 and "gpus_per_node" not in cpu
         assert (gpu["slurm_partition"], gpu["slurm_qos"], gpu["mem_gb"]) == ("gpu", "high", 64)
         assert gpu["slurm_additional_parameters"]["requeue"] is True

@@ -76,11 +76,13 @@ class Launcher(Protocol):
         ...
 
 
-def make_launcher(options: dict[str, Any], sweep_dir: Path, device: str) -> Launcher:
+def make_launcher(
+    options: dict[str, Any], sweep_dir: Path, device: str, threads: int = 1
+) -> Launcher:
     """The launcher a config's ``launcher`` section describes."""
     if options["name"] == "slurm":
         return SlurmLauncher(options, sweep_dir, device)
-    return LocalLauncher(options["max_parallel"], options["gpus_per_run"])
+    return LocalLauncher(options["max_parallel"], options["gpus_per_run"], threads=threads)
 
 
 def worker_command(run_dir: Path, execution: dict[str, Any] | None, devices: int = 1) -> list[str]:
@@ -119,33 +121,45 @@ class _Running:
 class LocalLauncher:
     def __init__(
         self,
-        max_parallel: int = 1,
+        max_parallel: int | None = 1,
         gpus_per_run: int = 1,
         *,
+        threads: int = 1,
         gpu_count: Callable[[], int] | None = None,
         poll_s: float = 0.2,
     ) -> None:
-        self.max_parallel = max(1, max_parallel)
+        self.max_parallel = max_parallel  # None: as many as the machine fits
         self.gpus_per_run = max(1, gpus_per_run)
         self.gpu_count = gpu_count or _visible_gpus
         self.poll_s = poll_s
         self.queue: deque[Launch] = deque()
         self.stop_signal: int | None = None
 
+        self.threads = threads
+        self.gpus = self.gpu_count()
+
     @property
     def interrupted(self) -> bool:
         return self.stop_signal is not None
 
+    @property
+    def slots(self) -> int:
+        """Runs at once: ``max_parallel``, at most what the GPUs hold; on a CPU machine by
+        default the cores over the runs' threads."""
+        if self.gpus:
+            return max(1, min(self.max_parallel or self.gpus, self.gpus // self.gpus_per_run))
+        if self.max_parallel is None:
+            return max(1, (os.cpu_count() or 1) // self.threads)
+        return max(1, self.max_parallel)
+
     def submit(self, launches: list[Launch]) -> str:
         self.queue.extend(launches)
-        return f"launching {len(launches)} run(s), {self.max_parallel} at a time"
+        return f"launching {len(launches)} run(s), {self.slots} at a time"
 
     def wait(self, monitor: Monitor) -> dict[Path, Exit]:
-        gpus = self.gpu_count()
+        gpus = self.gpus
         free = list(range(gpus))
-        slots = min(self.max_parallel, gpus // self.gpus_per_run) if gpus else self.max_parallel
-        if gpus and slots == 0:
-            slots, free = 1, list(range(gpus))  # fewer GPUs than a run wants: give it all
+        slots = self.slots
         running: list[_Running] = []
         codes: dict[Path, Exit] = {}
 

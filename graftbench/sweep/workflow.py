@@ -52,7 +52,10 @@ def run(overrides: list[str], options: Options, echo: Echo) -> Exit:
     for reason, run_ids in plan.skipped.items():
         echo(f"skipping {len(run_ids)} run(s): {reason}")
     first = grid.runs[0].config
-    launcher = make_launcher(first["launcher"], plan.sweep_dir, first["trainer"]["device"])
+    trainer = first["trainer"]
+    launcher = make_launcher(
+        first["launcher"], plan.sweep_dir, trainer["device"], threads=trainer["threads"]
+    )
     codes: dict[Path, Exit] = {}
     if plan.launch:
         echo(f"{launcher.submit(plan.launch)} in {plan.sweep_dir}")
