@@ -294,6 +294,8 @@ def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = Fal
         did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
         raise UserError(f"unknown key {key!r}; {did_you_mean}valid keys{where}: {', '.join(valid)}")
     kind = OmegaConf.get_type(node, leaf) if isinstance(node, DictConfig) else None
+    if kind is type(None):  # an Optional key set to null: its declared type
+        kind = node._get_node(leaf)._metadata.ref_type
     if isinstance(kind, type) and issubclass(kind, Enum):
         allowed = [m.value for m in kind]
         for value in values:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from graftbench import config, schema
 from graftbench.errors import UserError
@@ -148,7 +148,12 @@ def _outside_roles(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _key(point: dict[str, Any]) -> tuple:
-    return tuple((k, repr(v)) for k, v in sorted(point.items()))
+    """A point's identity in the grid (2 and 2.0 are the same value)."""
+    return tuple((k, repr(_number(v))) for k, v in sorted(point.items()))
+
+
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def _product(axes: dict[str, list[Any]]) -> Iterable[dict[str, Any]]:
@@ -180,10 +185,33 @@ def _override(key: str, value: Any) -> str:
 
 
 def _checked_axes(combo: DictConfig, value_axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Each value against the composed config: the key exists and the type fits."""
+    """Each value against the composed config: the key exists and the type fits; values come
+    back as the schema types them (``2`` for a float key is ``2.0``, as `train` would see it)."""
+    typed: dict[str, list[Any]] = {}
     for key, values in value_axes.items():
         config.check_key_value(combo, key, *values)
-    return value_axes
+        typed[key] = [_as_schema_types(combo, key, v) for v in values]
+    return typed
+
+
+def _as_schema_types(combo: DictConfig, key: str, value: Any) -> Any:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(combo, parent) if parent else combo
+    if not isinstance(node, DictConfig) or leaf not in node.keys():  # noqa: SIM118
+        return value
+    kind = _declared_type(node, leaf)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, list) and isinstance(node.get(leaf), ListConfig):
+        element = node[leaf]._metadata.element_type
+        return [float(v) if element is float and isinstance(v, int) else v for v in value]
+    return value
+
+
+def _declared_type(node: DictConfig, leaf: str) -> Any:
+    """The schema's type of ``node[leaf]`` (``float`` for an Optional[float] set to null)."""
+    child = node._get_node(leaf)
+    return getattr(getattr(child, "_metadata", None), "ref_type", None)
 
 
 def _points(

@@ -72,7 +72,7 @@ def run(overrides: list[str], options: Options, echo: Echo) -> Exit:
     if launcher.interrupted or any(code is Exit.INTERRUPTED for code in codes.values()):
         echo(f"interrupted: run the same command again to resume ({plan.sweep_dir})")
         return Exit.INTERRUPTED
-    failed = [d.name for d, code in codes.items() if code is Exit.FAILED]
+    failed = [d.name for d, code in codes.items() if code in (Exit.FAILED, Exit.USAGE)]
     failed += [
         i for reason, ids in plan.skipped.items() if reason.startswith("failed") for i in ids
     ]
