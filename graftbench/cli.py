@@ -169,7 +169,7 @@ def table(
     compare: Annotated[
         Path | None, typer.Option(help="Reference numbers in the same M×D layout (CSV).")
     ] = None,
-    decimals: Annotated[int | None, typer.Option(help="Digits after the point.")] = None,
+    decimals: Annotated[int | None, typer.Option(min=0, help="Digits after the point.")] = None,
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
@@ -205,9 +205,11 @@ def plot(
     per M, and the implicit step-size correction ||dM||/||dD|| (mean and per layer)."""
     from graftbench.report.plots import plot_sweep
 
-    written, messages = plot_sweep(
-        sweep_dir, out or sweep_dir / "figures", metric.split(",") if metric else None
-    )
+    folder = out or sweep_dir / "figures"
+    for path in (folder, folder.parent):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; refusing to write through it")
+    written, messages = plot_sweep(sweep_dir, folder, metric.split(",") if metric else None)
     for message in messages:
         typer.echo(f"note: {message}", err=True)
     for path in written:
@@ -245,6 +247,8 @@ def _finished(run_dir: Path) -> bool:
     from graftbench.record import RunRecord
     from graftbench.rundir import RunDirError
 
+    if run_dir.is_symlink():
+        return False  # refused by the runner
     try:
         return RunRecord(run_dir).status().finished
     except (RunDirError, ValueError):
@@ -259,8 +263,17 @@ def _print_status(sweep_dir: Path) -> None:
 
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit code 2."""
+    from graftbench.rundir import RunDirError
+
     try:
         app()
     except UserError as err:
         print(f"graftbench: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except RunDirError as err:  # a results directory that cannot be used as it is
+        print(f"graftbench: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # the file system said no: permissions, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"graftbench: error: {where}{err.strerror or err}", file=sys.stderr)
+        sys.exit(1)

@@ -465,6 +465,12 @@ def check_identity(stored: dict[str, Any], where: str) -> dict[str, Any]:
         merged = OmegaConf.merge(base, stored)
     except OmegaConfBaseException as err:
         raise UserError(f"{where}: {_one_line(err)}") from None
+    execution_part = schema.split(stored)[1]
+    if execution_part:
+        raise UserError(
+            f"{where}: holds execution settings ({', '.join(sorted(execution_part))}); a run "
+            "directory stores the identity only, where and how come from the command"
+        )
     for role in ROLES:
         try:
             make_rule(stored[role])

@@ -53,8 +53,7 @@ def prepare(
     """``run_dir`` with ``config.yaml`` (the identity) and a pending record (unless
     ``create`` is false: the caller creates it claimed); an existing directory must hold the
     same identity."""
-    if run_dir.is_symlink() or run_dir.parent.is_symlink():
-        raise UserError(f"{run_dir} is a symbolic link; refusing to use it")
+    refuse_links(run_dir)
     path = run_dir / rundir.CONFIG
     if path.exists():
         stored = _stored_identity(run_dir)
@@ -71,6 +70,15 @@ def prepare(
     if create:
         record.create(fields, sync=sync)
     return record
+
+
+def refuse_links(run_dir: Path) -> None:
+    """A run directory, and every file graftbench reads or writes in it, must be itself: a
+    symbolic link could lead out of the results (a results directory may come from anyone)."""
+    names = (rundir.RUN, rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.CKPT)
+    for path in (run_dir, run_dir.parent, *(run_dir / name for name in names)):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; refusing to follow it")
 
 
 def _stored_identity(run_dir: Path) -> dict[str, Any]:
@@ -96,8 +104,7 @@ def load(
 ) -> DictConfig:
     """The run's config: its stored identity with this command's execution settings
     (``execution`` as a sweep resolved them, or composed from ``overrides``)."""
-    if run_dir.is_symlink():
-        raise UserError(f"{run_dir} is a symbolic link; refusing to use it")
+    refuse_links(run_dir)
     identity = _stored_identity(run_dir)
     computed = config.run_id_of(identity)
     if computed != run_dir.name:
