@@ -36,12 +36,16 @@ def train(
     before_step: Callable[[], None] | None = None,
     scheduler=None,
 ) -> list[float]:
-    """Run ``steps`` full-batch steps; returns the losses."""
+    """Run ``steps`` full-batch steps (inputs in the model's dtype, the loss in float32 or
+    float64); returns the losses."""
     x, y = batch()
+    x = x.to(next(model.parameters()).dtype)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
+        logits = model(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = nn.functional.cross_entropy(logits, y)
         loss.backward()
         if before_step is not None:
             before_step()

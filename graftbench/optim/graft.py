@@ -254,8 +254,7 @@ class Graft(torch.optim.Optimizer):
             buckets, directions, ratios, magnitude_norms, direction_norms, strict=True
         ):
             self._decay(b)
-            coefficients = (ratio * update.scale).expand(len(b.params)).unbind()
-            torch._foreach_addcmul_(b.params, update.tensors, coefficients)
+            _add_scaled(b.params, update.tensors, (ratio * update.scale).expand(len(b.params)))
             self.last_step.append(_Record(b.names, m_norm, d_norm, ratio.expand(len(b.params))))
         return loss
 
@@ -427,6 +426,21 @@ class Graft(torch.optim.Optimizer):
         ).tolist()
         keys = ("ratio_mean", "ratio_min", "ratio_max", "magnitude_norm", "direction_norm")
         return dict(zip(keys, values, strict=True))
+
+
+def _add_scaled(params: list[Tensor], tensors: list[Tensor], coefficients: Tensor) -> None:
+    """``params[i] += coefficients[i] * tensors[i]``, the coefficients at full precision.
+
+    A foreach op would round a float32 coefficient to bf16/fp16 weights' precision (the step's
+    size off by up to 2^-9): on CPU, where reading the coefficients costs no synchronisation,
+    half-precision weights take them as Python numbers. On other devices the rounding stays, to
+    keep the step free of host synchronisation.
+    """
+    if params[0].device.type == "cpu" and params[0].dtype != coefficients.dtype:
+        for param, tensor, coefficient in zip(params, tensors, coefficients.tolist(), strict=True):
+            param.add_(tensor, alpha=coefficient)
+    else:
+        torch._foreach_addcmul_(params, tensors, coefficients.unbind())
 
 
 def _norms(update: Update) -> Tensor:
