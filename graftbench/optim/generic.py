@@ -6,9 +6,10 @@ and many keep part of their state in the param group (most of pytorch-optimizer'
 ``group["step"]``). So the rule is stepped once per param group, by a persistent instance of the
 optimizer, a :class:`Child`:
 
-- its per-parameter state *is* ``Graft.state[p][role]`` (the same dicts), and its param-group
-  state (every key of its group that is not a hyperparameter) is kept in the Graft param group
-  under ``"child_state"``; both are in ``Graft.state_dict()`` and restored on resume;
+- its per-parameter state *is* ``Graft.state[p][role]`` (the same dicts); its param-group state
+  (every key of its group that is not a hyperparameter) and any state it keeps under a key that
+  is not a parameter (MADGRAD's ``state["k"]``) are kept in the Graft param group, under
+  ``"child_state"``; all of it is in ``Graft.state_dict()`` and restored on resume;
 - it steps *shadows*, tensors kept between steps that are set to the weights before each step,
   with copies of the gradients (optimizers may edit gradients in place; the other child must see
   the true ones), and the step is the shadows' change. When ``Graft`` is the optimizer alone
@@ -114,19 +115,21 @@ class Child:
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        group_state: dict[str, Any],
+        saved: dict[str, Any],
         hp: Mapping[str, Any],
     ) -> list[Tensor] | None:
         """Step the optimizer for ``params`` (those with gradients) and return their steps, held in
         the shadows until the next call; ``None`` when it stepped the weights directly.
 
-        ``states`` (the per-parameter dicts) and ``group_state`` are read and updated in place.
+        ``states`` (the per-parameter dicts) and ``saved`` (``{"group": ..., "optimizer": ...}``,
+        the group's and the optimizer's own state) are read and updated in place.
         """
         optimizer = self.optimizer
         group = optimizer.param_groups[0]
         library_hp = self.rule.library_hp(hp)
-        group.update(group_state)
+        group.update(saved.get("group", {}))
         group.update(library_hp)
+        optimizer.state.update(saved.get("optimizer", {}))
         shadows = [self.shadow_of[p] for p in params]
         if not self.direct:
             self._load(params, grads, shadows)
@@ -139,10 +142,8 @@ class Child:
                 state.clear()
                 state.update(current)
                 optimizer.state[shadow] = state
-        group_state.clear()
-        group_state.update(
-            (k, v) for k, v in group.items() if k != "params" and k not in library_hp
-        )
+        saved["group"] = {k: v for k, v in group.items() if k != "params" and k not in library_hp}
+        saved["optimizer"] = {k: v for k, v in optimizer.state.items() if not isinstance(k, Tensor)}
         if self.direct:
             return None
         torch._foreach_sub_(shadows, params)

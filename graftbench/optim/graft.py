@@ -356,9 +356,9 @@ class Graft(torch.optim.Optimizer):
             child = self._children.get((role, index))
             if child is None:
                 child = self._children[role, index] = rule.child(group["params"], hp, direct)
-            group_state = group.setdefault(CHILD_STATE, {}).setdefault(role, {})
+            saved = group.setdefault(CHILD_STATE, {}).setdefault(role, {})
             role_states = [s[role] for s in states]
-            deltas = child.step(list(params), list(grads), role_states, group_state, hp)
+            deltas = child.step(list(params), list(grads), role_states, saved, hp)
             if deltas is not None:
                 steps.update(zip(params, deltas, strict=True))
         return steps
