@@ -40,6 +40,7 @@ step, ``w <- w * (1 - lr * wd)``, from whichever child sets ``decoupled_weight_d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -444,10 +445,12 @@ def _add_scaled(params: list[Tensor], tensors: list[Tensor], coefficients: Tenso
 
 
 def _norms(update: Update) -> Tensor:
-    """||scale * t|| per tensor, in float32 for half precision and float64 for float64."""
+    """||scale * t|| per tensor, in float32 for half precision and float64 for float64 (a rule may
+    return tensors of another precision than its weights: Muon's are bfloat16)."""
     tensors = update.tensors
-    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    if dtype != tensors[0].dtype and tensors[0].device.type == "cpu":
+    dtypes = {t.dtype for t in tensors}
+    dtype = functools.reduce(torch.promote_types, dtypes, torch.float32)
+    if dtypes != {dtype} and tensors[0].device.type == "cpu":
         norms = _sliced_norms(tensors, dtype)
     else:  # CUDA's foreach kernel accumulates half precision in float32 without a copy
         norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))

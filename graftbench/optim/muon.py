@@ -94,6 +94,9 @@ class Muon(Rule):
         return Adam.init(self, param, {"amsgrad": False})
 
     def update(self, params, grads, states, hp, step, workspace=None, fused=False):
+        # The step is -lr times: the orthogonalised matrix as torch.optim.Muon adds it (bfloat16,
+        # times its shape's adjust_lr_fn ratio where that is not 1), and AdamW's step / lr.
+        lr = hp["lr"]
         steps: list[Tensor | None] = [None] * len(params)
         matrices = [i for i, p in enumerate(params) if self._orthogonalised(p, hp)]
         if matrices:
@@ -103,11 +106,11 @@ class Muon(Rule):
                 ortho = _zeropower_via_newtonschulz(
                     update.reshape(rows, cols), hp["ns_coefficients"], hp["ns_steps"], hp["eps"]
                 )
-                lr = _adjust_lr(hp["lr"], hp["adjust_lr_fn"], (rows, cols))
-                steps[i] = ortho.to(params[i].dtype).mul_(-lr).reshape(params[i].shape)
+                ratio = _adjust_lr(1.0, hp["adjust_lr_fn"], (rows, cols))
+                steps[i] = (ortho if ratio == 1.0 else ortho.mul(ratio)).reshape(params[i].shape)
         rest = [i for i in range(len(params)) if steps[i] is None]
         if rest:
-            adamw = {"betas": hp["adamw_betas"], "eps": hp["adamw_eps"], "lr": hp["lr"]}
+            adamw = {"betas": hp["adamw_betas"], "eps": hp["adamw_eps"], "lr": lr}
             adamw.update(weight_decay=0.0, amsgrad=False, decoupled_weight_decay=True)
             scratch = _scratch(params, workspace)
             update = Adam.update(
@@ -120,10 +123,10 @@ class Muon(Rule):
                 [scratch[i] for i in rest],
                 fused,
             ).materialised()
-            torch._foreach_mul_(update.tensors, update.scale)
+            torch._foreach_mul_(update.tensors, update.scale / -lr if lr else 0.0)
             for i, tensor in zip(rest, update.tensors, strict=True):
                 steps[i] = tensor
-        return Update(steps, 1.0)
+        return Update(steps, -lr)
 
     @staticmethod
     def _muon(matrices: list[int], grads, states, hp) -> list[Tensor]:
