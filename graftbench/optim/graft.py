@@ -94,7 +94,10 @@ class Graft(torch.optim.Optimizer):
     ``magnitude`` and ``direction`` accept a mapping ``{"name": ..., **hyperparameters}``, a
     rule name, a :class:`~graftbench.optim.rules.Rule`, or a ``torch.optim.Optimizer`` class or
     ``functools.partial`` of one (the slower generic path). Pass ``model.named_parameters()`` to
-    have the implicit step-size correction reported per named layer.
+    have the implicit step-size correction reported per named layer. ``foreach``/``fused`` as in
+    torch.optim: ``None`` picks torch's fused kernels where they work (see the module doc),
+    ``fused=False`` or ``foreach=True`` foreach ops; there is no per-tensor loop
+    (``foreach=False``).
     """
 
     def __init__(
@@ -125,8 +128,11 @@ class Graft(torch.optim.Optimizer):
         self.plain = self.direction is self.magnitude or _same_apart_from_lr(
             self.magnitude, self.direction
         )
-        # Whether the plain shortcut records lr_M / lr_D (a separate D whose lr may differ).
-        self._lr_ratio = self.plain and self.direction is not self.magnitude
+        # Whether the plain shortcut records lr_M / lr_D: a separate D whose lr may differ (it
+        # may only be equal for a rule whose step is not proportional to lr: nothing to record).
+        self._lr_ratio = (
+            self.plain and self.direction is not self.magnitude and self.magnitude.linear_in_lr
+        )
         self.last_step: list[_Record] = []
         self._fused_request = False if foreach else fused
         self.fused = self._fused_request is not False  # narrowed by each param group's devices
@@ -388,7 +394,8 @@ class Graft(torch.optim.Optimizer):
         with ``ratio = ||dM|| / (||dD|| + eps)`` (0 where dD = 0). Names are those passed with
         ``named_parameters()``, else ``"<group>.<index>"``. The plain shortcut (M#M' with a
         separate D) computes no norms (None) and reports ``ratio = lr_M / lr_D``; M alone
-        (``direction=None``) reports nothing: an empty dict.
+        (``direction=None``), or a shortcut for a rule whose step is not proportional to lr
+        (taken only when the learning rates are equal), reports nothing: an empty dict.
         """
         out: dict[str, dict[str, float | None]] = {}
         for record in self.last_step:
