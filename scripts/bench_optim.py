@@ -5,7 +5,8 @@ shapes (25.6M parameters, 161 tensors) with fixed random gradients:
 
   a  ``Graft(params, M, D)``;
   b  torch.optim's M, then torch.optim's D, stepping the same parameters one after the other:
-     the cost of running both optimizers (``foreach=True``; ``--torch-impl fused`` for theirs);
+     the cost of running both optimizers (torch's default implementation, which is its for-loop
+     on CPU; ``--torch-impl foreach`` or ``fused`` for those);
   c  ``CopyRevertGraft``: Algorithm 2 by copy and revert over the same two torch.optim
      optimizers, with a Python loop over tensors (the paper authors' way).
 
@@ -25,7 +26,19 @@ tracks live tensors; the step's peak is VmHWM after resetting it through /proc/s
 Floors: a/b <= 1.0 and a/c <= 0.5 for every pair, extra memory of a <= 2x the parameters. The
 script always exits 0 (it measures, it does not test) and prints FAIL where a floor does not hold.
 
+The rules that are another library's optimizer (``--rules``, on the shapes of a small CIFAR
+ResNet: Shampoo's and SOAP's matrix roots and eigenbases make ResNet-50 too slow for a CPU) are
+timed the same way, interleaved, against that optimizer alone:
+
+  X#X     ``Graft(params, X, X)`` vs X alone (muon: torch.optim.Muon + AdamW as the rule routes
+          tensors; shampoo, soap: pytorch-optimizer's). Floor: 1.05 for the shipped rules; for
+          nadam (torch.optim.NAdam through the generic path) the overhead is reported.
+  adam#X  ``Graft(params, adam, X)`` vs torch.optim.Adam's step plus X's step: for muon the
+          floor is 1.0; for the others it is the generic path's overhead (shadows of the weights
+          and gradients), reported.
+
     python scripts/bench_optim.py [--quick] [--device cuda] [--dtype bfloat16] [--json PATH]
+    python scripts/bench_optim.py --rules [--quick]
 """
 
 from __future__ import annotations
@@ -48,9 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytorch_optimizer
 import torch
 import torchvision
 
+from graftbench.models.resnet import resnet_small
 from graftbench.optim import Graft
 from graftbench.optim.reference import CopyRevertGraft
 
@@ -75,7 +90,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class Setup:
     device: str
     dtype: torch.dtype
-    torch_impl: str  # "foreach" or "fused": how torch.optim's optimizers run in b and c
+    torch_impl: str  # "default", "foreach" or "fused": how torch.optim's run in b and c
 
     def params(self, shapes: list[torch.Size]) -> list[torch.Tensor]:
         """Random weights with random gradients, the same for every call (fixed seed)."""
@@ -89,7 +104,8 @@ class Setup:
 
     def torch_optimizer(self, name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         cls, hyperparams = OPTIMIZERS[name]
-        return cls(params, **{self.torch_impl: True}, **hyperparams)
+        flags = {} if self.torch_impl == "default" else {self.torch_impl: True}
+        return cls(params, **flags, **hyperparams)
 
     def synchronize(self) -> None:
         if self.device == "cuda":
@@ -244,6 +260,137 @@ def measure_memory_in_subprocess(pairs: list[str], args: argparse.Namespace) -> 
     return json.loads(result.stdout.splitlines()[-1])
 
 
+# -- rules that are a library's optimizer ---------------------------------------------------
+
+
+class MuonAlone:
+    """torch.optim.Muon on 2-D views of the matrices and kernels, torch.optim.AdamW on the rest:
+    the ``muon`` rule's definition, with torch's optimizers."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.views = {}
+        for p in params:
+            if p.dim() >= 2:
+                view = torch.nn.Parameter(p.detach().view(p.shape[0], -1))
+                view.grad = p.grad.view(view.shape)
+                self.views[p] = view
+        self.muon = torch.optim.Muon(list(self.views.values()))
+        self.adamw = torch.optim.AdamW([p for p in params if p.dim() < 2], weight_decay=0.1)
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+
+LIBRARY: dict[str, Callable[[list[torch.Tensor]], Any]] = {
+    "muon": MuonAlone,
+    "shampoo": pytorch_optimizer.Shampoo,
+    "soap": pytorch_optimizer.SOAP,
+    "nadam": torch.optim.NAdam,
+}
+RULE_SPECS = {"muon": "muon", "shampoo": "shampoo", "soap": "soap", "nadam": torch.optim.NAdam}
+
+
+def time_rules(shapes: list[torch.Size], setup: Setup, repeats: int) -> dict[str, dict]:
+    """For each library rule X: Graft(X, X) vs X alone, Graft(adam, X) vs Adam + X."""
+    results = {}
+    for name, library in LIBRARY.items():
+        variants: dict[str, list[Callable[[], Any]]] = {}
+        variants["X#X"] = [Graft(setup.params(shapes), RULE_SPECS[name], RULE_SPECS[name]).step]
+        variants["X"] = [library(setup.params(shapes)).step]
+        variants["adam#X"] = [Graft(setup.params(shapes), "adam", RULE_SPECS[name]).step]
+        params = setup.params(shapes)
+        variants["adam+X"] = [setup.torch_optimizer("adam", params).step, library(params).step]
+        samples = _interleave(variants, setup, repeats)
+        results[name] = {
+            **{f"{k}_ms": statistics.median(v) for k, v in samples.items()},
+            "X#X/X": _median_ratio(samples, "X#X", "X"),
+            "adam#X/(adam+X)": _median_ratio(samples, "adam#X", "adam+X"),
+        }
+        print(f"  {name}: X#X/X {results[name]['X#X/X']:.2f}, ", end="")
+        print(f"adam#X/(adam+X) {results[name]['adam#X/(adam+X)']:.2f}", flush=True)
+    return results
+
+
+def _interleave(
+    variants: dict[str, list[Callable[[], Any]]], setup: Setup, repeats: int
+) -> dict[str, list[float]]:
+    """Per-repetition times in ms, variants in a rotating order (after warm-up steps)."""
+    for steps in variants.values():
+        for _ in range(WARMUP_STEPS):
+            for step in steps:
+                step()
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    gc.collect()
+    for rep in range(repeats):
+        shift = rep % len(order)
+        for kind in order[shift:] + order[:shift]:
+            setup.synchronize()
+            start = time.perf_counter()
+            for step in variants[kind]:
+                step()
+            setup.synchronize()
+            samples[kind].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def _median_ratio(samples: dict[str, list[float]], x: str, y: str) -> float:
+    return statistics.median(a / b for a, b in zip(samples[x], samples[y], strict=True))
+
+
+def print_rules(results: dict[str, dict]) -> list[dict[str, Any]]:
+    header = (
+        f"{'X':8s} {'X#X ms':>8s} {'X ms':>8s} {'X#X/X':>6s}   "
+        f"{'adam#X ms':>9s} {'adam+X ms':>9s} {'adam#X/(adam+X)':>15s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(
+            f"{name:8s} {r['X#X_ms']:8.1f} {r['X_ms']:8.1f} {r['X#X/X']:6.2f}   "
+            f"{r['adam#X_ms']:9.1f} {r['adam+X_ms']:9.1f} {r['adam#X/(adam+X)']:15.2f}"
+        )
+    print()
+    checks = []
+    shipped = [name for name in results if name in RULE_SPECS and isinstance(RULE_SPECS[name], str)]
+    worst = max(shipped, key=lambda name: results[name]["X#X/X"])
+    value = results[worst]["X#X/X"]
+    checks.append({"figure": "X#X/X", "floor": 1.05, "worst": value, "rule": worst})
+    value = results["muon"]["adam#X/(adam+X)"]
+    checks.append({"figure": "adam#muon/(adam+muon)", "floor": 1.0, "worst": value})
+    for check in checks:
+        check["ok"] = check["worst"] <= check["floor"]
+        where = f" ({check['rule']})" if "rule" in check else ""
+        print(
+            f"{'PASS' if check['ok'] else 'FAIL'}: {check['figure']} <= {check['floor']}: "
+            f"worst {check['worst']:.2f}{where}"
+        )
+    alone = results["nadam"]["X#X/X"]
+    print(f"generic path alone (nadam#nadam): {alone:.2f}x torch.optim.NAdam (reported)")
+    for name in ("shampoo", "soap", "nadam"):
+        overhead = results[name]["adam#X/(adam+X)"]
+        print(f"generic path, adam#{name}: {overhead:.2f}x Adam's step plus {name}'s (reported)")
+    return checks
+
+
+def rules_main(args: argparse.Namespace, setup: Setup) -> None:
+    model = resnet_small(depth=14, width=32, num_classes=10, in_channels=3)
+    shapes = [p.shape for p in model.parameters()]
+    print(
+        f"small ResNet shapes: {len(shapes)} tensors, {sum(s.numel() for s in shapes) / 1e6:.2f}M "
+        f"parameters, {args.dtype} on {args.device} ({torch.get_num_threads()} threads); "
+        f"{args.repeats} repetitions"
+    )
+    results = time_rules(shapes, setup, args.repeats)
+    print()
+    checks = print_rules(results)
+    if args.json:
+        payload = {"environment": environment(args), "floors": checks, "rules": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -314,15 +461,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument(
         "--torch-impl",
-        choices=("foreach", "fused"),
-        default="foreach",
-        help="implementation of torch.optim's optimizers in b and c (default: foreach)",
+        choices=("default", "foreach", "fused"),
+        default="default",
+        help="implementation of torch.optim's optimizers in b and c (default: torch's default)",
     )
     parser.add_argument("--quick", action="store_true", help="5 repetitions instead of 15")
     parser.add_argument("--repeats", type=int, help="timed repetitions per pair")
     parser.add_argument("--pairs", nargs="+", choices=PAIRS, default=PAIRS, metavar="M#D")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
+    parser.add_argument(
+        "--rules", action="store_true", help="time muon, shampoo, soap and the generic path"
+    )
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -337,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     setup = Setup(args.device, DTYPES[args.dtype], args.torch_impl)
+    if args.rules:
+        rules_main(args, setup)
+        return
     shapes = [p.shape for p in torchvision.models.resnet50().parameters()]
     if args.memory_probe:
         print(json.dumps(measure_memory(args.pairs, shapes, setup)))

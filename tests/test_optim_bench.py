@@ -53,3 +53,17 @@ def test_graft_steps_as_the_pair_says(bench):
     b.warm_up()
     # momentum, exp_avg and exp_avg_sq, and Adam's step count (a float32 scalar per tensor)
     assert b.state_bytes() == 3 * sum(s.numel() for s in SHAPES) * 4 + len(SHAPES) * 4
+
+
+def test_library_rules_are_timed_against_the_optimizers_alone(bench, capsys):
+    setup = bench.Setup("cpu", torch.float32, "default")
+    shapes = [torch.Size([8, 4, 3, 3]), torch.Size([8]), torch.Size([10, 8])]
+    results = bench.time_rules(shapes, setup, repeats=2)
+    assert set(results) == {"muon", "shampoo", "soap", "nadam"}
+    assert all(r["X#X/X"] > 0 and r["adam#X/(adam+X)"] > 0 for r in results.values())
+    checks = bench.print_rules(results)
+    assert [c["figure"] for c in checks] == ["X#X/X", "adam#muon/(adam+muon)"]
+    assert checks[0]["rule"] in ("muon", "shampoo", "soap")  # nadam's overhead is reported
+    out = capsys.readouterr().out
+    assert "generic path alone (nadam#nadam)" in out and "adam#soap" in out
+    json.dumps({"floors": checks, "rules": results})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from graftbench.optim import Graft, Update, make_rule
+from graftbench.optim import graft as graft_module
 from graftbench.optim import rules as rules_module
 from graftbench.optim.reference import CopyRevertGraft
 from tests.optim_helpers import assert_same_weights, tiny_model, train
@@ -22,8 +23,9 @@ FUSED_RULES = [case for case in AGAINST_TORCH if case[0] in ("adam", "adamw", "a
 
 @pytest.fixture
 def foreach_only(monkeypatch):
-    """Make every rule take its foreach fallback, as on a device without fused kernels."""
-    monkeypatch.setattr(rules_module, "_FUSED_DEVICES", ())
+    """Make every Graft take its foreach fallback, as on a device without fused kernels."""
+    monkeypatch.setattr(rules_module, "fused_kernel_works", lambda kernel, device: False)
+    monkeypatch.setattr(graft_module, "fused_kernel_works", lambda kernel, device: False)
 
 
 @pytest.mark.parametrize(
@@ -48,13 +50,14 @@ def test_foreach_fallback_grafts_like_copy_and_revert(m, d, foreach_only):
 
 
 @pytest.mark.parametrize("magnitude_first", [True, False])
-def test_adagrad_momentum_grafts_alike_fused_and_foreach(magnitude_first, monkeypatch):
+def test_adagrad_momentum_grafts_alike_fused_and_foreach(magnitude_first):
     adagrad = {"name": "adagrad", "lr": 0.05, "momentum": 0.9, "lr_decay": 0.01}
     pair = (adagrad, PAPER["adam"][0]) if magnitude_first else (PAPER["adam"][0], adagrad)
     fused, fallback = tiny_model(), tiny_model()
-    train(fused, Graft(fused.parameters(), *pair), 30)
-    monkeypatch.setattr(rules_module, "_FUSED_DEVICES", ())
-    train(fallback, Graft(fallback.parameters(), *pair), 30)
+    graft = Graft(fused.parameters(), *pair)
+    assert graft.fused
+    train(fused, graft, 30)
+    train(fallback, Graft(fallback.parameters(), *pair, fused=False), 30)
     assert_same_weights(fused, fallback, **GRAFT_ROUND_OFF)
 
 
@@ -125,7 +128,7 @@ def test_rule_steps_alike_with_and_without_a_workspace(spec):
     for workspace in (None, [torch.full_like(p, float("nan")) for p in params]):
         states = [rule.init(p, hp) for p in params]
         for step in (1, 2):
-            update = rule.update(params, grads, states, hp, step, workspace).materialised()
+            update = rule.update(params, grads, states, hp, step, workspace, True).materialised()
         steps.append([t * update.scale for t in update.tensors])
     for with_, without in zip(*steps, strict=True):
         torch.testing.assert_close(with_, without)

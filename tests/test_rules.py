@@ -4,11 +4,13 @@ and the rules torch lacks against their definitions."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
 
-from graftbench.optim import Graft, available, make_rule
+from graftbench.optim import Graft, TorchRule, available, make_rule
+from graftbench.optim.rules import RULES, _plain, allowed_modules
 from tests.optim_helpers import assert_same_weights, tiny_model, train
 
 STEPS = 50
@@ -141,8 +143,58 @@ def test_decoupled_weight_decay_on_rules_torch_lacks_it_for(name):
 
 
 def test_every_shipped_rule_has_a_test():
-    tested = {name for name, _, _ in AGAINST_TORCH} | {"lion"}
+    # muon, shampoo and soap: tests/test_optim_library_rules.py
+    tested = {name for name, _, _ in AGAINST_TORCH} | {"lion", "muon", "shampoo", "soap"}
     assert tested == set(available())
+
+
+TORCH_DEFAULTS = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adafactor": torch.optim.Adafactor,
+}
+IMPLEMENTATION_FLAGS = {"foreach", "fused", "capturable", "differentiable", "maximize"}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_DEFAULTS))
+def test_defaults_are_torch_optims(name):
+    """Rule.defaults is the one source of defaults: every torch.optim argument, torch's value."""
+    signature = inspect.signature(TORCH_DEFAULTS[name].__init__).parameters.values()
+    theirs = {
+        p.name: _plain(p.default)
+        for p in signature
+        if p.default is not inspect.Parameter.empty and p.name not in IMPLEMENTATION_FLAGS
+    }
+    ours = dict(RULES[name].defaults)
+    # graftbench's extensions, at the value that behaves as torch does
+    extensions = {
+        "sgd": {"decoupled_weight_decay": False},
+        "adagrad": {"momentum": 0.0, "decoupled_weight_decay": False},
+        "rmsprop": {"decoupled_weight_decay": False},
+        "adafactor": {"decoupled_weight_decay": True},  # torch's Adafactor always decouples
+        "adamw": {"decoupled_weight_decay": True},
+    }.get(name, {})
+    assert ours == {**theirs, **extensions}
+
+
+def test_dotted_names_import_only_from_allowed_modules(monkeypatch):
+    assert isinstance(make_rule({"name": "torch.optim.NAdam"}), TorchRule)
+    for name in ("os.system", "subprocess.Popen", "torch.optimizer_evil.X", "pickle.loads"):
+        with pytest.raises(ValueError, match=r"not in an allowed module; allowed: torch\.optim, "):
+            make_rule({"name": name})
+    with pytest.raises(ValueError, match=r"\$GRAFTBENCH_OPTIMIZER_MODULES"):
+        make_rule({"name": "tests.optim_helpers.Custom"})
+    monkeypatch.setenv("GRAFTBENCH_OPTIMIZER_MODULES", " mylab.optim , tests.optim_helpers")
+    assert allowed_modules()[-2:] == ("mylab.optim", "tests.optim_helpers")
+    with pytest.raises(ValueError, match="cannot import optimizer class"):
+        make_rule({"name": "tests.optim_helpers.Custom"})  # allowed now, but not there
+    with pytest.raises(ValueError, match=r"not a torch\.optim\.Optimizer class"):
+        make_rule({"name": "tests.optim_helpers.tiny_model"})
+    # a class handed over in Python is the user's own choice
+    assert make_rule(torch.optim.Rprop).name == "torch.optim.rprop.Rprop"
 
 
 def test_rules_leave_gradients_untouched():

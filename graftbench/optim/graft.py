@@ -11,9 +11,19 @@ per parameter tensor (``granularity="layer"``) or with norms over all tensors
 
 Cost: M's update is reduced to its norms before D's is computed, in the same workspace (one
 scratch tensor per parameter, kept between steps, for the rules that need one); the grafted step
-is applied with one foreach pass. No weights are copied or reverted, nothing syncs with the host,
-and ``Graft(M, M)`` (same rule and hyperparameters, learning rates aside - D's learning rate
-never changes a direction) is M itself at M's cost.
+is applied with one foreach pass. No weights are copied or reverted and nothing syncs with the
+host. Norms are taken in float32 for half-precision weights (in float64 for float64 ones); on
+CPU, a large half-precision tensor is reduced in slices, so no float32 copy of it is made.
+
+Implementation: ``fused=None`` (the default) runs torch's fused Adam/AdaGrad kernels where they
+exist for every parameter's device (checked once, at construction: see
+``rules.fused_kernel_works``), else foreach ops; ``fused=False`` always foreach ops.
+
+``Graft(M, M')`` with the same rule and hyperparameters, learning rates aside, is M itself at M's
+cost (the *plain* shortcut): D's learning rate never changes a direction. Where the two learning
+rates differ it is taken only for rules whose step is proportional to lr (``Rule.linear_in_lr``;
+not for Adafactor's relative step or the generic path), and the ratio ||dM||/||dD|| it records
+is then lr_M / lr_D, exactly (up to eps), without computing a norm.
 
 Zero gradients or a zero direction: where ||dD|| = 0 the ratio is defined as 0, so the tensor
 does not move (no NaN, even with ``eps=0``); a zero dM gives a zero step.
@@ -21,7 +31,8 @@ does not move (no NaN, even with ``eps=0``); a zero dM gives a zero step.
 Param groups: ``lr`` is M's learning rate (what ``torch.optim.lr_scheduler`` drives). Any other
 key names a hyperparameter and is set on each child that has it, e.g.
 ``{"params": biases, "weight_decay": 0.0}``. D keeps its own ``lr``, which only the eps term and
-the generic torch.optim path see.
+the generic torch.optim path see. A child on the generic path (any torch.optim.Optimizer class,
+Shampoo, SOAP) keeps the state of its own param group under ``"child_state"``.
 
 Decoupled (AdamW-style) weight decay is not part of either child's step: it is applied once per
 step, ``w <- w * (1 - lr * wd)``, from whichever child sets ``decoupled_weight_decay``.
@@ -29,6 +40,7 @@ step, ``w <- w * (1 - lr * wd)``, from whichever child sets ``decoupled_weight_d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +48,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from graftbench.optim.rules import Rule, Update, make_rule
+from graftbench.optim.generic import Child, TorchRule
+from graftbench.optim.rules import Rule, Update, fused_kernel_works, make_rule
 
 __all__ = ["Graft"]
 
 GRANULARITIES = ("layer", "global")
-_RESERVED_GROUP_KEYS = {"params", "param_names", "lr", "initial_lr"}
+ROLES = ("magnitude", "direction")
+CHILD_STATE = "child_state"
+_RESERVED_GROUP_KEYS = {"params", "param_names", "lr", "initial_lr", CHILD_STATE}
+# Half-precision tensors are reduced to float32 norms in slices of this many elements on CPU,
+# where torch would otherwise convert the whole tensor first.
+_NORM_SLICE = 1 << 18
 
 
 @dataclass
@@ -59,12 +77,15 @@ class _Bucket:
 
 @dataclass
 class _Record:
-    """Norms of the last step for one bucket: kept on the device, read only when asked."""
+    """Norms of the last step for one bucket: kept on the device, read only when asked.
+
+    The plain shortcut records no norms (None) and its ratio lr_M / lr_D as a number.
+    """
 
     names: list[str]
-    magnitude_norm: Tensor
-    direction_norm: Tensor
-    ratio: Tensor
+    magnitude_norm: Tensor | None
+    direction_norm: Tensor | None
+    ratio: Tensor | float
 
 
 class Graft(torch.optim.Optimizer):
@@ -73,7 +94,10 @@ class Graft(torch.optim.Optimizer):
     ``magnitude`` and ``direction`` accept a mapping ``{"name": ..., **hyperparameters}``, a
     rule name, a :class:`~graftbench.optim.rules.Rule`, or a ``torch.optim.Optimizer`` class or
     ``functools.partial`` of one (the slower generic path). Pass ``model.named_parameters()`` to
-    have the implicit step-size correction reported per named layer.
+    have the implicit step-size correction reported per named layer. ``foreach``/``fused`` as in
+    torch.optim: ``None`` picks torch's fused kernels where they work (see the module doc),
+    ``fused=False`` or ``foreach=True`` foreach ops; there is no per-tensor loop
+    (``foreach=False``).
     """
 
     def __init__(
@@ -84,6 +108,8 @@ class Graft(torch.optim.Optimizer):
         *,
         granularity: str = "layer",
         eps: float = 1e-16,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(
@@ -91,6 +117,10 @@ class Graft(torch.optim.Optimizer):
             )
         if eps < 0:
             raise ValueError(f"invalid eps {eps}: must be >= 0")
+        if foreach is False:
+            raise ValueError("foreach=False: Graft has no per-tensor loop; use foreach or fused")
+        if foreach and fused:
+            raise ValueError("fused and foreach cannot both be True")
         self.magnitude: Rule = make_rule(magnitude)
         self.direction: Rule = self.magnitude if direction is None else make_rule(direction)
         self.granularity = granularity
@@ -98,9 +128,19 @@ class Graft(torch.optim.Optimizer):
         self.plain = self.direction is self.magnitude or _same_apart_from_lr(
             self.magnitude, self.direction
         )
+        # Whether the plain shortcut records lr_M / lr_D: a separate D whose lr may differ (it
+        # may only be equal for a rule whose step is not proportional to lr: nothing to record).
+        self._lr_ratio = (
+            self.plain and self.direction is not self.magnitude and self.magnitude.linear_in_lr
+        )
         self.last_step: list[_Record] = []
+        self._fused_request = False if foreach else fused
+        self.fused = self._fused_request is not False  # narrowed by each param group's devices
         # Scratch tensors shared by M and D, one per parameter: not state, never checkpointed.
         self._workspace: dict[Tensor, Tensor] = {}
+        # Persistent optimizers of generic-path children, per (role, group index); their state
+        # lives in self.state and the param groups, so they are rebuilt, never checkpointed.
+        self._children: dict[tuple[str, int], Child] = {}
         mag = dict(self.magnitude.hyperparams)
         defaults = {"lr": mag.pop("lr"), "magnitude": mag, "direction": self.direction.hyperparams}
         super().__init__(params, defaults)
@@ -110,7 +150,16 @@ class Graft(torch.optim.Optimizer):
         return f"Graft({pair}, granularity={self.granularity!r}, groups={len(self.param_groups)})"
 
     # torch.optim.Optimizer pickles only defaults, state and param_groups: keep the children too
-    _PICKLED = ("magnitude", "direction", "granularity", "eps", "plain")
+    _PICKLED = (
+        "magnitude",
+        "direction",
+        "granularity",
+        "eps",
+        "plain",
+        "_lr_ratio",
+        "_fused_request",
+        "fused",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in self._PICKLED}}
@@ -119,6 +168,11 @@ class Graft(torch.optim.Optimizer):
         super().__setstate__(state)
         self.last_step = []
         self._workspace = {}
+        self._children = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._children = {}  # rebuilt from the loaded state on the next step
 
     @property
     def label(self) -> str:
@@ -148,6 +202,23 @@ class Graft(torch.optim.Optimizer):
         self._decoupled_decay(magnitude, direction)  # raises if the children disagree
         group["magnitude"], group["direction"] = magnitude, direction
         super().add_param_group(group)
+        self._choose_implementation(self.param_groups[-1]["params"])
+
+    def _choose_implementation(self, params: list[Tensor]) -> None:
+        """Narrow ``self.fused`` to what the devices of ``params`` support (once per group)."""
+        kernels = {rule.fused_kernel for rule in (self.magnitude, self.direction)} - {None}
+        if not self.fused or not kernels:
+            return
+        devices = {p.device.type for p in params}
+        usable = all(p.is_floating_point() for p in params) and all(
+            fused_kernel_works(kernel, device) for kernel in kernels for device in devices
+        )
+        if self._fused_request and not usable:
+            raise ValueError(
+                f"fused=True: torch's fused {'/'.join(sorted(kernels))} kernels do not work "
+                f"for parameters on {', '.join(sorted(devices))}"
+            )
+        self.fused = usable
 
     def _decoupled_decay(self, magnitude: Mapping[str, Any], direction: Mapping[str, Any]) -> float:
         rates = {self.magnitude.decoupled_decay(magnitude)}
@@ -175,22 +246,14 @@ class Graft(torch.optim.Optimizer):
                 loss = closure()
         buckets = self._buckets()
         if self.plain:
-            for b in buckets:
-                update = self._update(self.magnitude, "magnitude", b)
-                self._decay(b)
-                if update.divisors is None:
-                    torch._foreach_add_(b.params, update.tensors, alpha=update.scale)
-                else:
-                    torch._foreach_addcdiv_(
-                        b.params, update.tensors, update.divisors, value=update.scale
-                    )
+            self._plain_step(buckets)
             return loss
-
+        generic = {role: self._step_children(role, buckets) for role in ROLES}
         magnitude_norms = []
         for b in buckets:  # M's update is reduced to its norms: D may reuse its workspace
-            update = self._update(self.magnitude, "magnitude", b).materialised()
+            update = self._update("magnitude", b, generic).materialised()
             magnitude_norms.append(_norms(update))
-        directions = [self._update(self.direction, "direction", b).materialised() for b in buckets]
+        directions = [self._update("direction", b, generic).materialised() for b in buckets]
         direction_norms = [_norms(d) for d in directions]
         ratios = self._ratios(magnitude_norms, direction_norms)
         self.last_step = []
@@ -198,10 +261,29 @@ class Graft(torch.optim.Optimizer):
             buckets, directions, ratios, magnitude_norms, direction_norms, strict=True
         ):
             self._decay(b)
-            coefficients = (ratio * update.scale).expand(len(b.params)).unbind()
-            torch._foreach_addcmul_(b.params, update.tensors, coefficients)
+            _add_scaled(b.params, update.tensors, (ratio * update.scale).expand(len(b.params)))
             self.last_step.append(_Record(b.names, m_norm, d_norm, ratio.expand(len(b.params))))
         return loss
+
+    def _plain_step(self, buckets: list[_Bucket]) -> None:
+        """M's step alone; records lr_M / lr_D where D is a separate rule (see the module doc)."""
+        self.last_step = []
+        if self.magnitude.per_group:
+            self._step_children("magnitude", buckets, direct=True)
+        for b in buckets:
+            if not self.magnitude.per_group:
+                update = self._update("magnitude", b, {})
+                self._decay(b)
+                if update.divisors is None:
+                    torch._foreach_add_(b.params, update.tensors, alpha=update.scale)
+                else:
+                    torch._foreach_addcdiv_(
+                        b.params, update.tensors, update.divisors, value=update.scale
+                    )
+            if self._lr_ratio:
+                lr_d = b.group["direction"]["lr"]
+                ratio = b.group["lr"] / lr_d if lr_d else 0.0  # dD = 0: the ratio is 0
+                self.last_step.append(_Record(b.names, None, None, ratio))
 
     def _buckets(self) -> list[_Bucket]:
         buckets: dict[tuple, _Bucket] = {}
@@ -250,10 +332,43 @@ class Graft(torch.optim.Optimizer):
         if not self.plain:
             state["direction"] = self.direction.init(p, self._hyperparams(group, "direction"))
 
-    def _update(self, rule: Rule, role: str, b: _Bucket) -> Update:
+    def _update(self, role: str, b: _Bucket, generic: dict[str, dict[Tensor, Tensor]]) -> Update:
+        rule: Rule = getattr(self, role)
+        if rule.per_group:  # stepped already, per param group, by _step_children
+            return Update([generic[role][p] for p in b.params], 1.0)
         states = [s[role] for s in b.states]
         hp = self._hyperparams(b.group, role)
-        return rule.update(b.params, b.grads, states, hp, b.step, b.workspace)
+        return rule.update(b.params, b.grads, states, hp, b.step, b.workspace, self.fused)
+
+    def _step_children(
+        self, role: str, buckets: list[_Bucket], direct: bool = False
+    ) -> dict[Tensor, Tensor]:
+        """Step a generic-path rule once per param group; its step for each parameter (none when
+        ``direct``: the child then stepped the weights)."""
+        rule = getattr(self, role)
+        if not rule.per_group:
+            return {}
+        assert isinstance(rule, TorchRule)
+        members: dict[int, list[tuple[Tensor, Tensor, dict[str, Any]]]] = {}
+        for b in buckets:
+            members.setdefault(id(b.group), []).extend(
+                zip(b.params, b.grads, b.states, strict=True)
+            )
+        steps: dict[Tensor, Tensor] = {}
+        for index, group in enumerate(self.param_groups):
+            if id(group) not in members:
+                continue
+            params, grads, states = zip(*members[id(group)], strict=True)
+            hp = self._hyperparams(group, role)
+            child = self._children.get((role, index))
+            if child is None:
+                child = self._children[role, index] = rule.child(group["params"], hp, direct)
+            saved = group.setdefault(CHILD_STATE, {}).setdefault(role, {})
+            role_states = [s[role] for s in states]
+            deltas = child.step(list(params), list(grads), role_states, saved, hp)
+            if deltas is not None:
+                steps.update(zip(params, deltas, strict=True))
+        return steps
 
     def _decay(self, b: _Bucket) -> None:
         rate = self._decoupled_decay(b.group["magnitude"], b.group["direction"])
@@ -271,22 +386,37 @@ class Graft(torch.optim.Optimizer):
         return [_safe_ratio(m, d, self.eps) for m, d in zip(magnitude, direction, strict=True)]
 
     # -- the implicit step-size correction -------------------------------------------------
-    def correction(self) -> dict[str, dict[str, float]]:
-        """Per named tensor: ||dM||, ||dD|| and their ratio at the last step (syncs).
+    def correction(self) -> dict[str, dict[str, float | None]]:
+        """The implicit step-size correction at the last step, per named tensor (syncs):
 
-        Empty for a plain optimizer (M#M), whose ratio is 1 by definition.
+            {name: {"magnitude_norm": ||dM||, "direction_norm": ||dD||, "ratio": ratio}}
+
+        with ``ratio = ||dM|| / (||dD|| + eps)`` (0 where dD = 0). Names are those passed with
+        ``named_parameters()``, else ``"<group>.<index>"``. The plain shortcut (M#M' with a
+        separate D) computes no norms (None) and reports ``ratio = lr_M / lr_D``; M alone
+        (``direction=None``), or a shortcut for a rule whose step is not proportional to lr
+        (taken only when the learning rates are equal), reports nothing: an empty dict.
         """
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, float | None]] = {}
         for record in self.last_step:
+            if record.magnitude_norm is None:
+                for name in record.names:
+                    out[name] = {"magnitude_norm": None, "direction_norm": None}
+                    out[name]["ratio"] = record.ratio
+                continue
             values = torch.stack([record.magnitude_norm, record.direction_norm, record.ratio])
             for name, (m, d, r) in zip(record.names, values.T.tolist(), strict=True):
                 out[name] = {"magnitude_norm": m, "direction_norm": d, "ratio": r}
         return out
 
     def correction_summary(self) -> dict[str, float]:
-        """Mean/min/max of the per-tensor ratio ||dM||/||dD|| and the global norms (syncs)."""
+        """Mean/min/max of the per-tensor ratio ||dM||/||dD|| and the global norms ||dM||,
+        ||dD|| over all tensors (syncs); the plain shortcut gives the ratios only (lr_M / lr_D,
+        or 1 for M alone)."""
         if self.plain:
-            return {"ratio_mean": 1.0, "ratio_min": 1.0, "ratio_max": 1.0}
+            ratios = [r.ratio for r in self.last_step for _ in r.names] or [1.0]
+            mean = sum(ratios) / len(ratios)
+            return {"ratio_mean": mean, "ratio_min": min(ratios), "ratio_max": max(ratios)}
         if not self.last_step:
             return {}
         device = self.last_step[0].ratio.device
@@ -306,9 +436,50 @@ class Graft(torch.optim.Optimizer):
         return dict(zip(keys, values, strict=True))
 
 
+def _add_scaled(params: list[Tensor], tensors: list[Tensor], coefficients: Tensor) -> None:
+    """``params[i] += coefficients[i] * tensors[i]``, the coefficients at full precision.
+
+    A foreach op would round a float32 coefficient to bf16/fp16 weights' precision (the step's
+    size off by up to 2^-9): on CPU, where reading the coefficients costs no synchronisation,
+    half-precision weights take them as Python numbers. On other devices the rounding stays, to
+    keep the step free of host synchronisation.
+    """
+    if params[0].device.type == "cpu" and params[0].dtype != coefficients.dtype:
+        for param, tensor, coefficient in zip(params, tensors, coefficients.tolist(), strict=True):
+            param.add_(tensor, alpha=coefficient)
+    else:
+        torch._foreach_addcmul_(params, tensors, coefficients.unbind())
+
+
 def _norms(update: Update) -> Tensor:
-    norms = torch._foreach_norm(update.tensors, 2, dtype=torch.float32)
-    return torch.stack(norms).mul_(abs(update.scale))
+    """||scale * t|| per tensor, in float32 for half precision and float64 for float64 (a rule may
+    return tensors of another precision than its weights: Muon's are bfloat16)."""
+    tensors = update.tensors
+    dtypes = {t.dtype for t in tensors}
+    dtype = functools.reduce(torch.promote_types, dtypes, torch.float32)
+    if dtypes != {dtype} and tensors[0].device.type == "cpu":
+        norms = _sliced_norms(tensors, dtype)
+    else:  # CUDA's foreach kernel accumulates half precision in float32 without a copy
+        norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))
+    return norms.mul_(abs(update.scale))
+
+
+def _sliced_norms(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """Norms in ``dtype`` of half-precision CPU tensors. torch converts a whole tensor before
+    reducing it; converting slices that stay in cache is several times faster (and summing their
+    squares is more accurate than one long float32 accumulation)."""
+    pieces: list[Tensor] = []
+    owners: list[int] = []
+    for i, t in enumerate(tensors):
+        parts = t.view(-1).split(_NORM_SLICE) if t.is_contiguous() else (t,)
+        pieces.extend(parts)
+        owners.extend([i] * len(parts))
+    norms = torch.stack(torch._foreach_norm(pieces, 2, dtype=dtype))
+    if len(pieces) == len(tensors):
+        return norms
+    index = torch.tensor(owners, device=norms.device)
+    squares = norms.square_()
+    return squares.new_zeros(len(tensors)).index_add_(0, index, squares).sqrt_()
 
 
 def _safe_ratio(magnitude: Tensor, direction: Tensor, eps: float) -> Tensor:
@@ -317,9 +488,12 @@ def _safe_ratio(magnitude: Tensor, direction: Tensor, eps: float) -> Tensor:
 
 
 def _same_apart_from_lr(a: Rule, b: Rule) -> bool:
-    if type(a) is not type(b):
+    """Whether Graft(a, b) is a: the same rule and hyperparameters, with learning rates that are
+    equal or, for a step proportional to lr, in a ratio Graft records instead of measuring."""
+    if type(a) is not type(b) or getattr(a, "factory", None) is not getattr(b, "factory", None):
         return False
     strip = lambda hp: {k: v for k, v in hp.items() if k != "lr"}  # noqa: E731
-    return strip(a.hyperparams) == strip(b.hyperparams) and getattr(a, "factory", None) is getattr(
-        b, "factory", None
-    )
+    if strip(a.hyperparams) != strip(b.hyperparams):
+        return False
+    lr_a, lr_b = a.hyperparams["lr"], b.hyperparams["lr"]
+    return lr_a == lr_b or (a.linear_in_lr and lr_b > 0)

@@ -19,9 +19,11 @@ A rule that needs a scratch buffer per tensor (a denominator, a copy to modify) 
 caller's ``workspace`` when one is passed (see ``Rule.uses_workspace``) rather than allocating:
 on CPU a fresh buffer the size of the model costs a page fault per 4 KiB, more than a pass over it.
 
-Adam and AdaGrad run torch's fused multi-tensor kernels where torch has them (CPU and CUDA): one
-pass updates the state and writes the step into a zeroed workspace, where the same computation
-with foreach ops takes about a dozen passes. Elsewhere they fall back to foreach ops.
+Adam and AdaGrad run torch's fused multi-tensor kernels when the caller passes ``fused=True``
+(``Graft`` decides that once, at construction, from :func:`fused_kernel_works`): one pass updates
+the state and writes the step into a zeroed workspace, where the same computation with foreach
+ops takes about a dozen passes. Otherwise, and for tensor layouts the kernels cannot read, they
+use foreach ops.
 
 Hyperparameter names and defaults follow ``torch.optim``: ``make_rule({"name": "adam", **kw})``
 steps like ``torch.optim.Adam(**kw)``.
@@ -33,13 +35,24 @@ import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["RULES", "Rule", "TorchRule", "Update", "available", "make_rule"]
+__all__ = [
+    "MODULES_VARIABLE",
+    "RULES",
+    "Rule",
+    "Update",
+    "allowed_modules",
+    "available",
+    "fused_kernel_works",
+    "make_rule",
+]
 
 
 class Update(NamedTuple):
@@ -70,10 +83,22 @@ def available() -> list[str]:
 
 class Rule:
     """Base class of update rules. Subclasses set ``name`` and ``defaults`` and implement
-    ``init`` and ``update``; they are registered by name on definition."""
+    ``init`` and ``update``; they are registered by name on definition.
+
+    ``defaults`` holds every hyperparameter with its default, named as torch.optim names it: it
+    is the one source of defaults (configs list only what differs from it).
+    """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
+    # The step is lr times something lr does not change, so two instances that differ only in
+    # lr step in the same direction with norms in the ratio of their lrs (Graft's shortcut).
+    linear_in_lr: ClassVar[bool] = True
+    # torch's fused kernel the rule runs when the caller passes fused=True ("adam", "adagrad").
+    fused_kernel: ClassVar[str | None] = None
+    # Stepped once per param group by a persistent optimizer (the generic path) instead of
+    # through ``update`` (see graftbench.optim.generic).
+    per_group: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,11 +187,13 @@ class Rule:
         hp: Mapping[str, Any],
         step: int,
         workspace: list[Tensor] | None = None,
+        fused: bool = False,
     ) -> Update:
         """The step for one bucket; ``step`` counts from 1 and is the same for the bucket.
 
         ``workspace``: tensors shaped like ``params`` whose contents the rule may overwrite and
         return in the update; without one, a rule that uses a workspace allocates it.
+        ``fused``: run torch's fused kernel (``fused_kernel``), checked to work on this device.
         """
         raise NotImplementedError
 
@@ -201,25 +228,89 @@ def _copy(tensors: list[Tensor], workspace: list[Tensor]) -> list[Tensor]:
     return workspace
 
 
-_FUSED_DEVICES = ("cpu", "cuda")
-
-
-def _fusable(targets: list[Tensor], *others: list[Tensor]) -> bool:
+def _layouts_match(targets: list[Tensor], *others: list[Tensor]) -> bool:
     """Whether torch's fused optimizer kernels may step ``targets`` (a workspace or a buffer, never
     the weights) with ``others`` (gradients, state).
 
     The kernels read every tensor as flat memory, unchecked on CPU: each target must be dense and
     its companions laid out like it.
     """
-    if targets[0].device.type not in _FUSED_DEVICES or not targets[0].is_floating_point():
-        return False
-    if not (hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_adagrad_")):
-        return False  # private ops: another torch may lack them, and then foreach serves
     for i, target in enumerate(targets):
         layout = target.stride()
         if not _dense(target) or any(tensors[i].stride() != layout for tensors in others):
             return False
     return True
+
+
+@functools.cache
+def fused_kernel_works(kernel: str, device_type: str) -> bool:
+    """Whether torch's private fused ``kernel`` ("adam" or "adagrad") runs on ``device_type`` with
+    the arguments the rules pass and computes what they expect; probed once per process.
+
+    The kernels are private: another torch may lack them, rename an argument or change what they
+    compute. Then the rules use foreach ops, with a warning, instead of failing mid-run.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    if device_type not in _get_fused_kernels_supported_devices():
+        return False
+    try:
+        device = torch.device(device_type)
+        grad = torch.tensor([0.5, -2.0], device=device)
+        state = [torch.zeros(2, device=device) for _ in range(2)]
+        out = torch.zeros(2, device=device)
+        if kernel == "adam":
+            _fused_adam([out], [grad], [state[0]], [state[1]], [], 1, 0.9, 0.999, 1e-8, False)
+            expected = grad / (grad.abs() + 1e-8)  # Adam's first step from 0 with lr 1
+        else:
+            _fused_adagrad([out], [grad], [state[0]], 1, 1.0, 1e-10)
+            expected = grad / (grad.abs() + 1e-10)
+        ok = torch.allclose(out.cpu(), -expected.cpu(), rtol=1e-5, atol=0)
+        problem = "computes a different step"
+    except Exception as err:  # any failure of a private op means: do not use it
+        ok, problem = False, f"failed ({type(err).__name__}: {err})"
+    if not ok:
+        warnings.warn(
+            f"torch._fused_{kernel}_ on {device_type} {problem}; using foreach ops instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return ok
+
+
+def _fused_adam(out, grads, exp_avgs, exp_avg_sqs, maxima, step, beta1, beta2, eps, amsgrad):
+    """torch's Adam step from zero weights with lr 1, ``-(m / (1 - beta1**t)) / denom``, into
+    ``out`` (zeroed by the caller)."""
+    torch._fused_adam_(
+        out,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        maxima,
+        _step_counts(out, step),
+        lr=1.0,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=eps,
+        amsgrad=amsgrad,
+        maximize=False,
+    )
+
+
+def _fused_adagrad(targets, grads, sums, step, lr, eps):
+    """torch's AdaGrad step ``targets -= lr * g / (sqrt(sum) + eps)`` after ``sum += g * g``."""
+    torch._fused_adagrad_(
+        targets,
+        grads,
+        sums,
+        _step_counts(targets, step),
+        lr=lr,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        eps=eps,
+        maximize=False,
+    )
 
 
 def _dense(t: Tensor) -> bool:
@@ -259,7 +350,7 @@ class SGD(Rule):
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": _zeros(param)} if hp["momentum"] else {}
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         grads = self.decayed_grads(params, grads, hp)
         momentum = hp["momentum"]
         if not momentum:
@@ -294,6 +385,8 @@ class Adam(Rule):
         if len(hp["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in hp["betas"]):
             raise ValueError(f"{self.name}: invalid betas {hp['betas']}: need two values in [0, 1)")
 
+    fused_kernel = "adam"
+
     def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
         return True
 
@@ -303,7 +396,7 @@ class Adam(Rule):
             state["max_exp_avg_sq"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         beta1, beta2 = hp["betas"]
         grads = self.decayed_grads(params, grads, hp)
         exp_avgs = [s["exp_avg"] for s in states]
@@ -311,23 +404,19 @@ class Adam(Rule):
         maxima = [s["max_exp_avg_sq"] for s in states] if hp["amsgrad"] else []
         workspace = _scratch(params, workspace)
         companions = [grads, exp_avgs, exp_avg_sqs] + ([maxima] if maxima else [])
-        if _fusable(workspace, *companions):
-            # torch's Adam step from zero weights with lr 1 is -(m / (1 - beta1**t)) / denom.
+        if fused and _layouts_match(workspace, *companions):
             torch._foreach_zero_(workspace)
-            torch._fused_adam_(
+            _fused_adam(
                 workspace,
                 grads,
                 exp_avgs,
                 exp_avg_sqs,
                 maxima,
-                _step_counts(params, step),
-                lr=1.0,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=0.0,
-                eps=hp["eps"],
-                amsgrad=hp["amsgrad"],
-                maximize=False,
+                step,
+                beta1,
+                beta2,
+                hp["eps"],
+                hp["amsgrad"],
             )
             return Update(workspace, hp["lr"])
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
@@ -372,6 +461,8 @@ class Adagrad(Rule):
         decoupled_weight_decay=False,
     )
 
+    fused_kernel = "adagrad"
+
     def uses_workspace(self, hp: Mapping[str, Any]) -> bool:
         return not hp["momentum"]  # with momentum, the fused kernel works in the buffer
 
@@ -381,7 +472,7 @@ class Adagrad(Rule):
             state["momentum_buffer"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         grads = self.decayed_grads(params, grads, hp)
         sums = [s["sum"] for s in states]
         lr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
@@ -389,22 +480,12 @@ class Adagrad(Rule):
         # The fused kernel steps its "weights" by -clr * g / std: with momentum, the (scaled)
         # buffer itself with clr = -1; without, a zeroed workspace with clr = 1.
         target = bufs if bufs else _scratch(params, workspace)
-        if _fusable(target, grads, sums):
+        if fused and _layouts_match(target, grads, sums):
             if bufs:
                 torch._foreach_mul_(bufs, hp["momentum"])
             else:
                 torch._foreach_zero_(target)
-            torch._fused_adagrad_(
-                target,
-                grads,
-                sums,
-                _step_counts(params, step),
-                lr=-1.0 if bufs else 1.0,
-                lr_decay=0.0,
-                weight_decay=0.0,
-                eps=hp["eps"],
-                maximize=False,
-            )
+            _fused_adagrad(target, grads, sums, step, -1.0 if bufs else 1.0, hp["eps"])
             return Update(target, -lr if bufs else lr)
         torch._foreach_addcmul_(sums, grads, grads, 1)
         std = _copy(sums, _scratch(params, workspace))
@@ -446,7 +527,7 @@ class RMSprop(Rule):
             state["grad_avg"] = _zeros(param)
         return state
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         alpha = hp["alpha"]
         grads = self.decayed_grads(params, grads, hp)
         square_avgs = [s["square_avg"] for s in states]
@@ -487,7 +568,7 @@ class Lion(Rule):
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"exp_avg": _zeros(param)}
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         beta1, beta2 = hp["betas"]
         grads = self.decayed_grads(params, grads, hp)
         exp_avgs = [s["exp_avg"] for s in states]
@@ -504,6 +585,7 @@ class Adafactor(Rule):
     decoupled by default, as in torch. Computed without host synchronisation."""
 
     name = "adafactor"
+    linear_in_lr = False  # the relative step min(lr, 1 / sqrt(t)) is not proportional to lr
     defaults: ClassVar[dict[str, Any]] = dict(
         lr=1e-2,
         beta2_decay=-0.8,
@@ -529,7 +611,7 @@ class Adafactor(Rule):
             return {"row_var": param.new_zeros(row), "col_var": param.new_zeros(col)}
         return {"variance": _zeros(param)}
 
-    def update(self, params, grads, states, hp, step, workspace=None):
+    def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         eps1, eps2 = hp["eps"]
         if eps1 is None:
             eps1 = torch.finfo(params[0].dtype).eps
@@ -558,69 +640,15 @@ class Adafactor(Rule):
         return Update(updates, -1.0)
 
 
-_TORCH_IMPLEMENTATION_FLAGS = {"foreach", "fused", "capturable", "differentiable", "maximize"}
+MODULES_VARIABLE = "GRAFTBENCH_OPTIMIZER_MODULES"
+_ALLOWED_MODULES = ("torch.optim", "pytorch_optimizer", "heavyball")
 
 
-class TorchRule(Rule):
-    """Any ``torch.optim.Optimizer`` class (or a partial of one) as a rule: the generic path.
-
-    Each update clones the weights, lets a throwaway instance of the optimizer step the clones
-    with the bucket's state dicts, and returns the difference. It is slower than a shipped rule
-    (two extra copies of the weights) but grafts optimizers graftbench does not ship, e.g.
-    ``torch.optim.NAdam``. The optimizer's own weight decay is part of its step.
-    """
-
-    def __init__(self, factory: Callable[..., torch.optim.Optimizer], **hyperparams: Any) -> None:
-        if isinstance(factory, functools.partial):
-            hyperparams = {**factory.keywords, **hyperparams}
-            factory = factory.func
-        if not (inspect.isclass(factory) and issubclass(factory, torch.optim.Optimizer)):
-            raise ValueError(f"not a torch.optim.Optimizer class: {factory!r}")
-        self.factory = factory
-        self.name = f"{factory.__module__}.{factory.__qualname__}"
-        signature = inspect.signature(factory.__init__).parameters.values()
-        self.defaults = {
-            p.name: p.default
-            for p in signature
-            if p.default is not inspect.Parameter.empty
-            and p.name not in _TORCH_IMPLEMENTATION_FLAGS
-        }
-        self.defaults.setdefault("lr", 1e-3)
-        super().__init__(**hyperparams)
-
-    def __eq__(self, other: object) -> bool:
-        return super().__eq__(other) and self.factory is other.factory  # type: ignore[attr-defined]
-
-    def check_types(self, hp: dict[str, Any]) -> None:
-        """The optimizer's constructor checks its own arguments (see ``check``)."""
-
-    def check(self, hp: dict[str, Any]) -> None:
-        try:  # let the optimizer validate its own arguments, on a throwaway parameter
-            self.factory([torch.zeros(2, 2, requires_grad=True)], **hp)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{self.name}: {err}") from None
-
-    def decoupled_decay(self, hp: Mapping[str, Any]) -> float:
-        return 0.0
-
-    def decayed_grads(self, params, grads, hp):
-        return grads
-
-    def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
-        return {}  # the optimizer fills it on its first step
-
-    def update(self, params, grads, states, hp, step, workspace=None):
-        shadows = [p.detach().clone() for p in params]
-        for shadow, grad in zip(shadows, grads, strict=True):
-            shadow.grad = grad.clone()  # some optimizers modify gradients in place
-        optimizer = self.factory(shadows, **hp)
-        for shadow, state in zip(shadows, states, strict=True):
-            optimizer.state[shadow] = state  # the optimizer updates these dicts in place
-        optimizer.step()
-        torch._foreach_sub_(shadows, params)
-        for shadow in shadows:
-            shadow.grad = None
-        return Update(shadows, 1.0)
+def allowed_modules() -> tuple[str, ...]:
+    """Module prefixes a dotted optimizer name may import from: torch.optim, pytorch_optimizer,
+    heavyball, and those listed (comma-separated) in ``$GRAFTBENCH_OPTIMIZER_MODULES``."""
+    extra = os.environ.get(MODULES_VARIABLE, "").split(",")
+    return _ALLOWED_MODULES + tuple(m.strip() for m in extra if m.strip())
 
 
 def make_rule(spec: Any) -> Rule:
@@ -628,8 +656,12 @@ def make_rule(spec: Any) -> Rule:
 
     Accepts a rule object; a rule name; a mapping with ``"name"`` plus hyperparameters (what a
     Hydra config yields); a ``torch.optim.Optimizer`` class or ``functools.partial`` of one; or a
-    mapping whose name is a dotted path to such a class (``"torch.optim.NAdam"``).
+    mapping whose name is a dotted path to such a class (``"torch.optim.NAdam"``). A dotted path
+    is imported only from the modules :func:`allowed_modules` names: names can come from a results
+    directory someone else wrote, and importing a module runs its code.
     """
+    from graftbench.optim.generic import TorchRule
+
     if isinstance(spec, Rule):
         return spec
     if isinstance(spec, str):
@@ -656,6 +688,12 @@ def make_rule(spec: Any) -> Rule:
 
 def _import(path: str) -> Any:
     module, _, attr = path.rpartition(".")
+    allowed = allowed_modules()
+    if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
+        raise ValueError(
+            f"optimizer {path!r} is not in an allowed module; allowed: {', '.join(allowed)} "
+            f"(list more module prefixes, comma-separated, in ${MODULES_VARIABLE})"
+        )
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
