@@ -405,7 +405,9 @@ def _schedule_schema(name: str) -> type:
 def _kind(default: Any) -> Any:
     if isinstance(default, bool):
         return bool
-    if isinstance(default, int | float):
+    if isinstance(default, int):
+        return int  # a count (ns_steps); a float hyperparameter's default is written 0.0
+    if isinstance(default, float):
         return float
     if isinstance(default, tuple):
         inner = [_kind(v) for v in default if v is not None]
