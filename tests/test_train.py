@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from graftbench import config, rundir
+from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.train import runner
 from tests.image_helpers import make_root
@@ -18,15 +18,10 @@ from tests.train_helpers import (
     graftbench,
     only_run_dir,
     run,
+    train_in_process,
     wait_for,
     weights,
 )
-
-
-def train_in_process(tmp_path, *overrides: str) -> tuple[int, object]:
-    cfg = config.compose([*QUICK, f"results_dir={tmp_path}", *overrides])
-    run_dir = runner.prepare(cfg, list(overrides))
-    return runner.execute(run_dir), run_dir
 
 
 def test_a_run_learns_and_fills_its_run_directory(tmp_path):

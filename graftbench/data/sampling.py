@@ -18,18 +18,28 @@ differences:
 
 ``make_loader`` wraps a ``DataLoader`` around it and, for training, seeds the random
 augmentation of every sample from (seed, epoch, index): a sample is augmented the same way
-whatever the number of workers or ranks, and whether or not the run was resumed.
+whatever the number of workers or ranks, and whether or not the run was resumed. Its worker
+processes ignore the stop signals (Ctrl-C, SIGTERM, SIGUSR1/2, which a terminal or SLURM sends to
+every process of the run): the training process decides when to stop, and ends its workers.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+WORKER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    for signum in WORKER_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def derive_seed(*parts: int) -> int:
@@ -235,6 +245,7 @@ def make_loader(
         persistent_workers=persistent_workers and workers > 0,
         drop_last=drop_last,
         generator=torch.Generator(),
+        worker_init_fn=_ignore_stop_signals,
     )
     loader = ResumableLoader(dataloader, sampler, seed)
     loader.set_epoch(0)
