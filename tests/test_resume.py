@@ -252,6 +252,8 @@ def test_checkpoints_never_go_through_a_symlink_out_of_the_run_dir(tmp_path):
         with pytest.raises(UserError, match=f"^ckpt/last.pt leads to .*refusing to {action} it"):
             call()
     assert (outside / "last.pt").read_bytes() == b"someone else's file"
+    with pytest.raises(UserError, match=r"^ckpt/last\.pt leads to .*refusing to read it"):
+        checkpoint.average([run_dir / "ckpt" / "last.pt"], root=run_dir)
 
     # the run directory itself may be a link (e.g. to a scratch file system)
     (run_dir / "ckpt" / "last.pt").unlink()

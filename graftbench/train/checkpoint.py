@@ -167,17 +167,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def average(paths: Sequence[Path], key: str | None = "model") -> dict[str, Tensor]:
+def average(
+    paths: Sequence[Path], key: str | None = "model", *, root: Path | None = None
+) -> dict[str, Tensor]:
     """Mean of the model state dicts saved in ``paths`` (e.g. the last N checkpoints).
 
     Floating-point tensors are averaged (accumulated in float64, returned in their dtype);
     anything else (integer buffers, step counters) is taken from the last file. ``key`` names
     the state dict inside each checkpoint; ``None`` means the file is the state dict itself.
+    ``root``: the run directory the files must not lead out of.
     """
     if not paths:
         raise UserError("no checkpoints to average")
     states = []
     for path in paths:
+        if root is not None:
+            _refuse_outside(Path(path), root, "read")
         if not Path(path).is_file():
             raise UserError(f"checkpoint {path} does not exist")
         loaded = torch.load(path, map_location="cpu", weights_only=True)

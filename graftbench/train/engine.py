@@ -348,7 +348,7 @@ class Engine:
         if not paths:
             return self.model, 0
         averaged = copy.deepcopy(self.module)
-        averaged.load_state_dict(checkpoint.average(paths))
+        averaged.load_state_dict(checkpoint.average(paths, root=self.run_dir))
         return averaged, len(paths)
 
     # -- endings ---------------------------------------------------------------------------
