@@ -20,7 +20,14 @@ from sklearn.datasets import load_digits
 from torchvision.datasets import imagenet as tv_imagenet
 from torchvision.transforms import v2
 
-from graftbench.data.images import SyntheticImages, digits, imagenet, imagenet_transform, synthetic
+from graftbench.data.images import (
+    SyntheticImages,
+    UnreadableImage,
+    digits,
+    imagenet,
+    imagenet_transform,
+    synthetic,
+)
 from graftbench.data.sampling import make_loader
 from graftbench.errors import UserError
 from tests.image_helpers import CLASSES, COLORS, jpeg_bytes, make_root
@@ -145,6 +152,35 @@ def test_malformed_roots_raise_one_line_naming_the_layout(root, damage, message)
         imagenet(root, 32, 36)
     text = str(raised.value)
     assert "\n" not in text and text.endswith(f"expected {root}/{LAYOUT}")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    ("split", "damage", "reason"),
+    [
+        ("train", lambda data: data[: len(data) // 2], "image file is truncated"),
+        ("val", lambda data: b"garbage" * 20, "not an image format PIL knows"),
+    ],
+)
+def test_an_undecodable_image_is_one_line_naming_the_file_and_split(
+    root, workers, split, damage, reason
+):
+    bad = root / split / "n02" / "n02_1.JPEG"
+    bad.write_bytes(damage(bad.read_bytes()))
+    data = imagenet(root, 32, 36)
+    dataset = data.train if split == "train" else data.val
+    loader = make_loader(dataset, 2, train=split == "train", seed=0, workers=workers)
+    with pytest.raises(UnreadableImage) as raised:
+        list(loader)
+    error, raised = raised.value, None
+    error.__traceback__ = None  # the workers stop now, not at exit
+    message = str(error)
+    assert message.startswith(
+        f"{split} split: {split}/n02/n02_1.JPEG in the image root {root} cannot be decoded "
+        f"({reason}"
+    )
+    assert message.endswith("; replace or delete that file") and "\n" not in message
+    assert isinstance(error, UserError)
 
 
 def test_digits_split_is_fixed_stratified_and_complete():

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler, TensorDataset
+from torch.utils.data import Dataset, DistributedSampler, TensorDataset
 
 from graftbench.data.sampling import ShardedSampler, derive_seed, make_loader
 
@@ -190,3 +194,34 @@ def test_block_sharding_makes_micro_batches_independent_of_the_device_split(
     assert len(flat) == size // (per_device * accumulation * devices) * (
         per_device * accumulation * devices
     )
+
+
+class WhoLoads(Dataset):
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return index, os.getpid()
+
+
+def test_loader_workers_ignore_stop_signals_except_their_parents_sigterm():
+    # A terminal's Ctrl-C and SLURM's SIGTERM/SIGUSR reach every process of the run; a worker
+    # that died of them would crash the training process before it could checkpoint.
+    loader = make_loader(WhoLoads(), 1, train=False, seed=0, workers=2, persistent_workers=True)
+    batches = iter(loader)
+    first = [next(batches) for _ in range(2)]  # one from each worker, after its init
+    pids = sorted({int(pid) for _, pid in first})
+    assert len(pids) == 2
+    for pid in pids:
+        sender = f"import os, signal; os.kill({pid}, signal.SIGTERM)"  # not the parent: SLURM
+        subprocess.run([sys.executable, "-c", sender], check=True)
+        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(pid, signum)
+    loaded = [int(index) for index, _ in first + list(batches)]
+    assert loaded == list(range(40))
+    workers = batches._workers  # persistent: still there
+    assert sorted(w.pid for w in workers) == pids and all(w.is_alive() for w in workers)
+    for worker in workers:  # what multiprocessing's terminate() sends, also at exit
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(timeout=60)
+        assert worker.exitcode == 0

@@ -3,12 +3,14 @@ preemption and kills. Real processes, real signals, the gloo backend."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 
 import pytest
 import torch
 
-from graftbench import config, rundir
+from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.train import runner
 from tests.image_helpers import make_root
@@ -18,15 +20,10 @@ from tests.train_helpers import (
     graftbench,
     only_run_dir,
     run,
+    train_in_process,
     wait_for,
     weights,
 )
-
-
-def train_in_process(tmp_path, *overrides: str) -> tuple[int, object]:
-    cfg = config.compose([*QUICK, f"results_dir={tmp_path}", *overrides])
-    run_dir = runner.prepare(cfg, list(overrides))
-    return runner.execute(run_dir), run_dir
 
 
 def test_a_run_learns_and_fills_its_run_directory(tmp_path):
@@ -134,6 +131,60 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert torch.equal(tensor, reference[name]), name
     steps = [r["step"] for r in rundir.read_jsonl(run_dir / rundir.METRICS) if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # nothing logged twice by the interrupted attempt
+
+
+def test_ctrl_c_checkpoints_at_the_next_step_and_exits_interrupted(tmp_path):
+    # A terminal sends Ctrl-C to the whole foreground process group: the training process and
+    # its loader workers (which must not die of it).
+    results = tmp_path / "results"
+    process = graftbench(
+        "train",
+        *QUICK,
+        "trainer.epochs=1000",  # far more than the test waits for
+        "data.workers=2",
+        f"results_dir={results}",
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: any(results.glob("*/*/ckpt/last.pt")), what="the first checkpoint")
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == runner.EXIT_INTERRUPTED, err
+    assert "Ctrl-C: stopping after this step with a checkpoint" in err
+    assert "Traceback" not in err and "run again to resume" in out
+    run_dir = only_run_dir(results)
+    record = rundir.read_json(run_dir / rundir.RUN)
+    assert record["interrupted_by"] == "SIGINT" and record["status"] != "running"
+    assert checkpoint_step(run_dir) == record["step"] > 0
+
+
+def test_an_undecodable_image_ends_the_run_with_one_line_naming_it(tmp_path):
+    root = make_root(tmp_path / "images", per_split=(("train", 16), ("val", 4)), solid=True)
+    bad = root / "train" / "n03" / "n03_7.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])
+    result = run(
+        "train",
+        *QUICK,
+        "data=imagenet",
+        f"data.root={root}",
+        "data.num_classes=3",
+        "data.source.crop_size=32",
+        "data.source.resize_size=36",
+        "data.workers=2",
+        "trainer.batch_size=8",
+        f"results_dir={tmp_path / 'results'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    message = f"train split: train/n03/n03_7.JPEG in the image root {root} cannot be decoded ("
+    assert f"graftbench: error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    record = rundir.read_json(only_run_dir(tmp_path / "results") / rundir.RUN)
+    assert record["status"] == "failed" and record["error"].startswith(message)
+    assert "\n" not in record["error"]
 
 
 def test_trains_on_a_real_jpeg_image_folder(tmp_path):

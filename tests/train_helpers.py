@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from graftbench import rundir
+from graftbench import config, rundir
 
 REPO = Path(__file__).resolve().parent.parent
 # A small, quick run of the demo workload (digits, ResNet-8 at width 8): 22 steps an epoch.
@@ -23,6 +23,16 @@ QUICK = [
     "trainer.checkpoint_every_steps=4",
     "trainer.eval_every_epochs=1",
 ]
+
+
+def train_in_process(tmp_path: Path, *overrides: str) -> tuple[int, Path]:
+    """Prepare and train (or resume) the QUICK run with ``overrides`` in this process; its exit
+    code and run directory."""
+    from graftbench.train import runner
+
+    cfg = config.compose([*QUICK, f"results_dir={tmp_path}", *overrides])
+    run_dir = runner.prepare(cfg, list(overrides))
+    return runner.execute(run_dir), run_dir
 
 
 def env(**extra: str) -> dict[str, str]:

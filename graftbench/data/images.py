@@ -1,7 +1,8 @@
 """Image classification data: ImageNet in ImageFolder layout, the bundled 8x8 digits, synthetic.
 
 Each builder returns an ``ImageData``: the train and validation datasets (items are
-``(image tensor C x H x W float32, label int)``) and the shapes a model needs.
+``(image tensor C x H x W float32, label int)``) and the shapes a model needs. An image file
+that cannot be decoded is an ``UnreadableImage`` naming the file, also from a loader worker.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from graftbench.errors import UserError
@@ -23,6 +26,40 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every sweep tests on the same 360 images
+
+
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded, named relative to the data root: one line.
+
+    A DataLoader worker's exception reaches the main process re-created from a message holding
+    the worker's whole traceback (torch's ``ExceptionWrapper``); this keeps only its own line.
+    """
+
+    def __init__(self, message: str) -> None:
+        _, marker, line = message.rpartition(f"{__name__}.UnreadableImage: ")
+        super().__init__(line.strip() if marker else message)
+
+
+class _ImageLoader:
+    """ImageFolder's loader (PIL, RGB) that names the file it cannot decode."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        self.root = root
+        self.split = split
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            return default_loader(path)
+        except Exception as error:
+            if isinstance(error, UnidentifiedImageError):
+                reason = "not an image format PIL knows"
+            else:
+                reason = " ".join(str(error).split()) or type(error).__name__
+            name = Path(path).relative_to(self.root)
+            raise UnreadableImage(
+                f"{self.split} split: {name} in the image root {self.root} cannot be decoded "
+                f"({reason}); replace or delete that file"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -76,7 +113,9 @@ def imagenet(root: str | Path, crop_size: int = 224, resize_size: int = 256) -> 
     for split in ("train", "val"):
         transform = imagenet_transform(split == "train", crop_size, resize_size)
         try:
-            splits[split] = datasets.ImageFolder(root / split, transform=transform)
+            splits[split] = datasets.ImageFolder(
+                root / split, transform=transform, loader=_ImageLoader(root, split)
+            )
         except FileNotFoundError as error:  # a class folder without any image file
             message = " ".join(str(error).split())
             raise UserError(f"ImageNet root {root}, {split}/: {message}; {layout}") from None

@@ -18,18 +18,40 @@ differences:
 
 ``make_loader`` wraps a ``DataLoader`` around it and, for training, seeds the random
 augmentation of every sample from (seed, epoch, index): a sample is augmented the same way
-whatever the number of workers or ranks, and whether or not the run was resumed.
+whatever the number of workers or ranks, and whether or not the run was resumed. Its worker
+processes ignore the stop signals that a terminal (Ctrl-C) or SLURM (SIGTERM, SIGUSR1/2) sends to
+every process of the run: the training process decides when to stop, and ends its workers.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def _worker_signals(worker_id: int) -> None:
+    """A loader worker ignores the stop signals meant for the training process (which ends its
+    workers itself): SIGINT, SIGUSR1, SIGUSR2, and SIGTERM unless its parent sent it."""
+    for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+    # multiprocessing ends workers with the parent's SIGTERM (also at interpreter exit), so that
+    # one must still end the worker; only a thread's sigwaitinfo tells who sent a signal
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, daemon=True).start()
+
+
+def _exit_on_parents_sigterm() -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)  # as torch's own worker handler does for the parent's SIGTERM
 
 
 def derive_seed(*parts: int) -> int:
@@ -235,6 +257,7 @@ def make_loader(
         persistent_workers=persistent_workers and workers > 0,
         drop_last=drop_last,
         generator=torch.Generator(),
+        worker_init_fn=_worker_signals,
     )
     loader = ResumableLoader(dataloader, sampler, seed)
     loader.set_epoch(0)

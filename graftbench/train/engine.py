@@ -6,19 +6,38 @@ loss returns a *sum* over samples (or tokens) and a count. The engine all-reduce
 ``[loss sum, count, stop flag]`` once per step and scales the gradients by
 ``world_size / total count``, so the step follows the mean loss of the whole global batch
 however it is split over devices and accumulation (1 process × 2 micro-batches equals 2
-processes × 1 to round-off). The same all-reduce carries the stop flag set by SIGTERM/SIGUSR1,
-so every process stops at the same step.
+processes × 1 to round-off). The same all-reduce carries the stop flag set by a stop signal
+(SIGTERM, SIGINT, SIGUSR1, SIGUSR2), so every process stops at the same step.
 
-The host reads device values only at logging steps (every step on CPU, where it costs
-nothing): that one synchronisation gives the logged loss, throughput, the divergence check (a
-non-finite loss marks the run diverged at its first bad step) and the stop decision.
+The host reads device values only at logging steps, epoch ends and checkpoint steps (every step
+on CPU, where it costs nothing): that one synchronisation gives the logged loss, throughput,
+the divergence check (a non-finite loss marks the run diverged at its first bad step) and the
+stop decision.
+
+Interruption and resume. The position after a step is always one the run can continue from: a
+step that finishes an epoch moves the position to the start of the next epoch at once. The
+epoch's end work (evaluation, the averaging snapshot, the epoch-end checkpoint) is done after
+that, once, and the checkpoint records whether it was: a run stopped right after an epoch's last
+step saves "epoch ended, not closed yet" and its next attempt closes the epoch first. A stop is
+taken at a step boundary, after that step's logging and before any boundary work, and its
+checkpoint also holds the logging window in progress and the number of records in
+``metrics.jsonl``, so a resumed run writes the same records (less timings) and ends with the same
+weights, bit for bit, as a run that was never interrupted. A first Ctrl-C stops like SIGTERM; a
+second one aborts at once (KeyboardInterrupt), keeping the last checkpoint.
+
+Numerics: ``trainer.threads`` (when set) is the number of intra-op CPU threads; it changes the
+results in the last digits (kernels split their reductions by thread), as does the CPU's SIMD
+capability. ``numerics()`` reports both, for the run record.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +53,24 @@ from graftbench.optim.schedules import make_schedule, make_scheduler
 from graftbench.train import checkpoint
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum, barrier
 from graftbench.train.logging import RunLogger
-from graftbench.train.tasks import Task, make_task
+from graftbench.train.tasks import Task, make_task, validate
 
-# SIGTERM: preemption or `scontrol requeue`; SIGUSR1: a user's "checkpoint and stop";
-# SIGUSR2: SLURM's warning before the time limit (submitit's --signal)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# SIGTERM: preemption or `scontrol requeue`; SIGINT: Ctrl-C; SIGUSR1: a user's "checkpoint and
+# stop"; SIGUSR2: SLURM's warning before the time limit (submitit's --signal)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+CTRL_C_MESSAGE = (
+    b"graftbench: Ctrl-C: stopping after this step with a checkpoint; Ctrl-C again aborts\n"
+)
 
 
 @dataclass
 class Outcome:
-    """How a run's training ended."""
+    """How a run's training ended.
+
+    ``interrupted``: stopped by a signal after saving a checkpoint; ``stop_signal`` names the
+    signal this process received (``"SIGTERM"``, ``"SIGINT"``, ...; ``None`` on a process that
+    stopped because another one was signalled). ``numerics``: see ``numerics()``.
+    """
 
     step: int
     epochs: float
@@ -55,12 +82,26 @@ class Outcome:
     replica_checksums: list[float] = field(default_factory=list)
     stop_signal: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    numerics: dict[str, Any] = field(default_factory=dict)
+
+
+def numerics() -> dict[str, Any]:
+    """What besides the config decides this process's floating-point results on CPU: the
+    intra-op thread count and the SIMD kernels torch dispatches to (e.g. AVX2, AVX512)."""
+    return {
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 class Engine:
     def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str, dist: Dist) -> None:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         trainer = cfg.trainer
+        validate(cfg, dist.world_size)  # before anything is built or written
+        if trainer.get("threads") is not None:
+            torch.set_num_threads(trainer.threads)
+        self.numerics = numerics()
         _configure_backends(trainer, dist.device)
         checkpoint.seed_everything(cfg.seed)  # the same initial weights on every process
         self.task: Task = make_task(cfg, dist)
@@ -96,14 +137,20 @@ class Engine:
         )
         self.logger = RunLogger(cfg, run_dir, run_id, main=dist.main)
         self.ckpt_path = run_dir / rundir.CKPT / checkpoint.LAST
+        # the position: steps done, epochs finished, steps done in the current epoch (always
+        # < steps_per_epoch), and the epochs whose end work is done (epoch or epoch - 1)
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
+        self.epochs_closed = 0
         self.best: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self.notes: dict[str, Any] = {}
+        self.window = _Window(time.perf_counter())
+        self.records = 0  # records in metrics.jsonl (main process)
         self.elapsed = 0.0
         self.stop_signal: int | None = None
+        self.ctrl_c = False
         self.diverged_step: int | None = None
         self.started = time.perf_counter()
         checkpoint.seed_everything(cfg.seed + 1_000_003 * dist.rank)
@@ -121,12 +168,12 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------
     def fit(self) -> Outcome:
-        if self.ckpt_path.exists():
-            self._restore()
-        self.started = time.perf_counter() - self.elapsed
         previous = {s: signal.signal(s, self._request_stop) for s in STOP_SIGNALS}
-        self.logger.start(f"{self.optimizer.label} seed {self.cfg.seed}", self.last_step, self.step)
         try:
+            self._resume()
+            self.logger.start(
+                f"{self.optimizer.label} seed {self.cfg.seed}", self.last_step, self.step
+            )
             return self._loop()
         finally:
             self.logger.close()
@@ -134,33 +181,30 @@ class Engine:
                 signal.signal(s, handler)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        self.stop_signal = signum
+        """Stop at the next step boundary with a checkpoint; a second Ctrl-C aborts now."""
+        if signum == signal.SIGINT:
+            if self.ctrl_c:
+                raise KeyboardInterrupt
+            self.ctrl_c = True
+            if self.dist.main:
+                os.write(2, CTRL_C_MESSAGE)
+        if self.stop_signal is None:
+            self.stop_signal = signum
 
     def _loop(self) -> Outcome:
-        trainer = self.cfg.trainer
-        window = _Window(time.perf_counter())
-        while self.step < self.last_step:
+        while True:
+            if self.epochs_closed < self.epoch:
+                self._close_epoch()
+            if self.step >= self.last_step:
+                break
             for micro_batches in self.task.batches(self.epoch, self.step_in_epoch):
-                window.add(self._train_step(micro_batches))
-                self.step += 1
-                self.step_in_epoch += 1
-                at_log = self.step % trainer.log_every_steps == 0 or self.step == self.last_step
-                if at_log or self.dist.device.type == "cpu":  # on CPU a sync costs nothing
-                    verdict = self._sync(window, log=at_log)
-                    if verdict is not None:
-                        return self._finish(verdict)
-                if self._due(trainer.layer_log_every_steps):
-                    self._log_layers()
-                epoch_end = self.step_in_epoch == self.steps_per_epoch
-                last = self.step >= self.last_step
-                # one checkpoint per step: epoch ends and the end of training save their own
-                if self._due(trainer.checkpoint_every_steps) and not (epoch_end or last):
+                verdict = self._step(micro_batches)
+                if verdict is not None:
+                    return self._finish(verdict)
+                if self.step_in_epoch == 0 or self.step >= self.last_step:
+                    break  # an epoch or the training ended: closed and saved above and below
+                if self._due(self.cfg.trainer.checkpoint_every_steps):
                     self._save()
-                if epoch_end:
-                    self._end_epoch()
-                    break
-                if last:
-                    break
             else:
                 raise RuntimeError(
                     f"the task's epoch {self.epoch} ended after {self.step_in_epoch} of "
@@ -173,21 +217,43 @@ class Engine:
         outcome.notes = self.notes
         return outcome
 
-    def _end_epoch(self) -> None:
-        self.epoch += 1
-        self.step_in_epoch = 0
+    def _close_epoch(self) -> None:
+        """The end work of the epoch just finished: evaluation, averaging snapshot, checkpoint
+        (the end of training evaluates and saves after the loop)."""
+        self.epochs_closed = self.epoch
+        training = self.step < self.last_step
         every = max(1, self.cfg.trainer.eval_every_epochs)
-        if self.epoch % every == 0 and self.step < self.last_step:  # the last: final eval
+        if training and self.epoch % every == 0:
             self._evaluate()
         if self.cfg.trainer.average_last > 1:
             self._save_for_averaging()
-        if self.step < self.last_step:  # the end of training saves after the final eval
+        if training:
             self._save()
 
     def _due(self, every: int | None) -> bool:
         return bool(every) and self.step % every == 0
 
     # -- one step --------------------------------------------------------------------------
+    def _step(self, micro_batches: list[Any]) -> str | None:
+        """Train one step and do its logging; "diverged", "interrupted" or None (go on)."""
+        trainer = self.cfg.trainer
+        self.window.add(self._train_step(micro_batches))
+        self.step += 1
+        self.step_in_epoch += 1
+        if self.step_in_epoch == self.steps_per_epoch:
+            self.epoch += 1
+            self.step_in_epoch = 0
+        at_log = self.step % trainer.log_every_steps == 0 or self.step == self.last_step
+        boundary = self.step_in_epoch == 0 or self._due(trainer.checkpoint_every_steps)
+        verdict = None
+        if at_log or boundary or self.dist.device.type == "cpu":  # on CPU a sync costs nothing
+            verdict = self._sync(log=at_log)
+            if verdict == "diverged":
+                return verdict
+        if self._due(trainer.layer_log_every_steps):
+            self._log_layers()
+        return verdict
+
     def _train_step(self, micro_batches: list[Any]) -> torch.Tensor:
         self.model.train()
         loss_sum = torch.zeros((), device=self.dist.device)
@@ -216,9 +282,10 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return stats
 
-    def _sync(self, window: _Window, *, log: bool) -> str | None:
+    def _sync(self, *, log: bool) -> str | None:
         """Read the steps not looked at yet: divergence and the stop flag; at a logging step,
         log the window since the last log and start a new one."""
+        window = self.window
         values = torch.stack(window.stats[window.checked :]).cpu()
         first_step = self.step - len(values) + 1
         window.checked = len(window.stats)
@@ -239,18 +306,22 @@ class Engine:
                 "step_time_s": seconds / len(window.stats),
                 "graft": self.optimizer.correction_summary(),
             }
-            self.logger.log("train", record)
+            self._log("train", record)
             self.logger.advance(self.step, f"loss {record['loss']:.4f}")
             window.reset(now)
         if float(values[-1, 2]) > 0:
             return "interrupted"
         return None
 
+    def _log(self, kind: str, record: dict[str, Any]) -> None:
+        self.logger.log(kind, record)
+        self.records += 1
+
     def _log_layers(self) -> None:
         correction = self.optimizer.correction()
         if correction:
             ratios = {name: v["ratio"] for name, v in correction.items()}
-            self.logger.log("layers", {"step": self.step, "ratio": ratios})
+            self._log("layers", {"step": self.step, "ratio": ratios})
 
     def _evaluate(self, final: bool = False) -> None:
         model, notes = self.model, {}
@@ -264,9 +335,7 @@ class Engine:
         self.last_eval = {"step": self.step, **numbers}
         self.notes = notes
         epoch = self.step / self.steps_per_epoch
-        self.logger.log(
-            "eval", {"step": self.step, "epoch": epoch, "final": final, **metrics, **notes}
-        )
+        self._log("eval", {"step": self.step, "epoch": epoch, "final": final, **metrics, **notes})
         for name, value in numbers.items():
             better = min if name in ("loss", "ppl") else max
             self.best[name] = better(self.best.get(name, value), value)
@@ -279,7 +348,7 @@ class Engine:
         if not self.dist.main:
             return
         path = self.run_dir / rundir.CKPT / f"epoch_{self.epoch:05d}.pt"
-        checkpoint.save(path, {"model": self.module.state_dict()})
+        checkpoint.save(path, {"model": self.module.state_dict()}, root=self.run_dir)
         for old in self._epoch_checkpoints()[: -self.cfg.trainer.average_last]:
             old.unlink()
 
@@ -290,7 +359,7 @@ class Engine:
         if not paths:
             return self.model, 0
         averaged = copy.deepcopy(self.module)
-        averaged.load_state_dict(checkpoint.average(paths))
+        averaged.load_state_dict(checkpoint.average(paths, root=self.run_dir))
         return averaged, len(paths)
 
     # -- endings ---------------------------------------------------------------------------
@@ -312,6 +381,7 @@ class Engine:
             final=final,
             best=dict(self.best),
             wall_time_s=time.perf_counter() - self.started,
+            numerics=dict(self.numerics),
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -319,6 +389,7 @@ class Engine:
         rng = all_gather_objects(checkpoint.rng_state(), self.dist)
         if not self.dist.main:
             return
+        now = time.perf_counter()
         checkpoint.save(
             self.ckpt_path,
             {
@@ -329,25 +400,60 @@ class Engine:
                 "step": self.step,
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
+                "epochs_closed": self.epochs_closed,
                 "best": self.best,
                 "last_eval": self.last_eval,
-                "elapsed": time.perf_counter() - self.started,
+                "window": self.window.state(now),
+                "metrics_records": self.records,
+                "elapsed": now - self.started,
             },
+            root=self.run_dir,
         )
 
-    def _restore(self) -> None:
-        state = checkpoint.load(self.ckpt_path)
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.step_in_epoch = state["step_in_epoch"]
-        self.best, self.last_eval = dict(state["best"]), dict(state["last_eval"])
-        self.elapsed = state["elapsed"]
-        if self.dist.main:  # drop what the interrupted attempt logged after its checkpoint
-            rundir.rewrite_jsonl(self.run_dir / rundir.METRICS, lambda r: r["step"] <= self.step)
-        if len(state["rng"]) == self.dist.world_size:
-            checkpoint.set_rng_state(state["rng"][self.dist.rank])
+    def _resume(self) -> None:
+        """Continue from the checkpoint if there is one, else start at step 0; either way
+        ``metrics.jsonl`` keeps only the records the checkpoint had seen (what an attempt killed
+        after its checkpoint, or before its first, logged is dropped)."""
+        if os.path.lexists(self.ckpt_path):
+            self._restore(checkpoint.load(self.ckpt_path, root=self.run_dir))
+        if self.dist.main:
+            rundir.rewrite_jsonl(self.run_dir / rundir.METRICS, _first(self.records))
+        self.started = time.perf_counter() - self.elapsed
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            position = (state["step"], state["epoch"], state["step_in_epoch"])
+            closed = state["epochs_closed"]
+            self.best, self.last_eval = dict(state["best"]), dict(state["last_eval"])
+            self.window.restore(state["window"], self.dist.device)
+            self.records = state["metrics_records"]
+            self.elapsed = state["elapsed"]
+            rng = state["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+            raise checkpoint.unusable(
+                self.ckpt_path, self.run_dir, "does not fit this run", reason
+            ) from None
+        step, epoch, step_in_epoch = position
+        if not (
+            step == epoch * self.steps_per_epoch + step_in_epoch
+            and 0 <= step_in_epoch < self.steps_per_epoch
+            and epoch - 1 <= closed <= epoch
+            and step <= self.last_step
+        ):
+            raise checkpoint.unusable(
+                self.ckpt_path,
+                self.run_dir,
+                "does not fit this run",
+                f"step {step} = epoch {epoch} + {step_in_epoch} steps, but this run has "
+                f"{self.steps_per_epoch} steps an epoch and {self.last_step} in all",
+            )
+        self.step, self.epoch, self.step_in_epoch, self.epochs_closed = (*position, closed)
+        if len(rng) == self.dist.world_size:
+            checkpoint.set_rng_state(rng[self.dist.rank])
 
     def _replica_checksums(self) -> list[float]:
         """Every process's checksum of its weights: DDP keeps replicas identical, so these are
@@ -365,7 +471,8 @@ class Engine:
 
 class _Window:
     """Per-step statistics ([loss sum, count, stop flag]) since the last log; the host has
-    looked at the first ``checked`` of them."""
+    looked at the first ``checked`` of them. A checkpoint keeps them, so that the first log
+    after a resume covers the same steps as without the interruption."""
 
     def __init__(self, start: float) -> None:
         self.stats: list[torch.Tensor] = []
@@ -379,6 +486,21 @@ class _Window:
         self.stats.clear()
         self.checked = 0
         self.start = start
+
+    def state(self, now: float) -> dict[str, Any]:
+        stats = torch.stack(self.stats).cpu() if self.stats else torch.zeros(0, 3)
+        return {"stats": stats, "seconds": now - self.start}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        self.stats = list(state["stats"].to(device).unbind(0))
+        self.checked = len(self.stats)
+        self.start = time.perf_counter() - state["seconds"]
+
+
+def _first(count: int) -> Callable[[dict[str, Any]], bool]:
+    """A ``rewrite_jsonl`` filter keeping the first ``count`` records (it asks in file order)."""
+    seen = itertools.count()
+    return lambda _record: next(seen) < count
 
 
 def _param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
