@@ -69,7 +69,7 @@ def train(
             typer.echo(f"# model: {count_parameters(cfg):,} parameters")
             typer.echo(f"# run directory: {run_dir}")
             return
-        runner.prepare(run_dir, config.identity(cfg), runner.record_fields(cfg, run_dir.name))
+        runner.prepare_run(cfg)
     else:
         cfg = runner.load(run_dir, _json(execution), overrides or [])
         if dry_run:

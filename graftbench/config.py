@@ -168,15 +168,9 @@ def check_run(container: dict[str, Any]) -> None:
         make_schedule(container["schedule"], total_steps=1)
     except ValueError as err:
         raise UserError(str(err)) from None
-    trainer = container["trainer"]
-    if not (container["data"].get("max_tokens")):
-        per_device = trainer["per_device_batch_size"] or trainer["batch_size"] // trainer["devices"]
-        if per_device <= 0 or trainer["batch_size"] % (per_device * trainer["devices"]):
-            raise UserError(
-                f"trainer.batch_size={trainer['batch_size']} is not a multiple of the per-device "
-                f"batch {per_device} × {trainer['devices']} device(s); set "
-                "trainer.per_device_batch_size to a divisor"
-            )
+    from graftbench.train.tasks import validate
+
+    validate(container, container["trainer"]["devices"])
 
 
 def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str]:

@@ -291,12 +291,13 @@ class RunRecord:
         """What only the started run knows: steps, parameters, threads, CPU capability."""
         self._change(lambda r: {**r, **fields})
 
-    def interrupt(self, step: int, signal: str | None) -> None:
+    def interrupt(self, step: int | None, signal: str | None) -> None:
+        """Stopped by a signal; resumable from its last checkpoint (``step``, if known)."""
         self._change(
             lambda r: {
                 **r,
                 "status": Status.INTERRUPTED,
-                "step": step,
+                "step": step if step is not None else r.get("step"),
                 "interrupted_by": signal or "a signal to another rank",
             }
         )

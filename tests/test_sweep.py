@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 
 from graftbench import rundir
-from tests.train_helpers import QUICK, graftbench, run
+from tests.train_helpers import QUICK, graftbench, merged, run
 
-TINY = [
-    *(o for o in QUICK if not o.startswith("trainer.checkpoint_every_steps=")),
-    "trainer.max_steps=4",
-    "trainer.checkpoint_every_steps=2",
-]
+TINY = merged(QUICK, "trainer.max_steps=4", "trainer.checkpoint_every_steps=2")
 
 
 def run_records(sweep_dir):

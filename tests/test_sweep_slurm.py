@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from graftbench import rundir
-from tests.train_helpers import QUICK, REPO, checkpoint_step, only_run_dir, run, wait_for, weights
+from tests.train_helpers import (
+    QUICK,
+    REPO,
+    checkpoint_step,
+    merged,
+    only_run_dir,
+    run,
+    wait_for,
+    weights,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -63,7 +72,9 @@ def test_a_2x2_grid_is_one_job_array_and_its_results_land(slurm_cluster, tmp_pat
 def test_interrupted_job_resumes_to_the_weights_of_an_uninterrupted_run(
     slurm_cluster, tmp_path, interrupt
 ):
-    args = [*QUICK, "trainer.epochs=2", "magnitude=adam", "direction=adagrad", "sweep.name=one"]
+    args = merged(
+        QUICK, "trainer.epochs=2", "magnitude=adam", "direction=adagrad", "sweep.name=one"
+    )
     straight = run("train", *args, f"results_dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 

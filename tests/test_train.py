@@ -12,12 +12,13 @@ import torch
 
 from graftbench import rundir
 from graftbench.errors import UserError
-from graftbench.train import runner
+from graftbench.record import Exit
 from tests.image_helpers import make_root
 from tests.train_helpers import (
     QUICK,
     checkpoint_step,
     graftbench,
+    merged,
     only_run_dir,
     run,
     train_in_process,
@@ -48,13 +49,13 @@ def test_a_run_learns_and_fills_its_run_directory(tmp_path):
     assert saved["magnitude"]["name"] == "adam" and saved["direction"]["name"] == "sgd"
     assert (run_dir / rundir.CKPT / "last.pt").exists()
     # a second run of the same command does nothing and keeps the results
-    assert runner.execute(run_dir) == 0
+    assert train_in_process(tmp_path, "magnitude=adam", "direction=sgd")[0] == Exit.DONE
     assert rundir.read_json(run_dir / rundir.SUMMARY) == summary
 
 
 def test_divergence_is_a_status_with_its_step_and_its_own_exit_code(tmp_path):
     code, run_dir = train_in_process(tmp_path, "magnitude=sgd", "magnitude.lr=1e6")
-    assert code == runner.EXIT_DIVERGED
+    assert code == Exit.DIVERGED
     record = rundir.read_json(run_dir / rundir.RUN)
     assert record["status"] == "diverged"
     summary = rundir.read_json(run_dir / rundir.SUMMARY)
@@ -103,7 +104,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
 
 @pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, kill):
-    args = [*QUICK, "trainer.epochs=2", "magnitude=adagrad", "direction=adam"]
+    args = merged(QUICK, "trainer.epochs=2", "magnitude=adagrad", "direction=adam")
     straight = run("train", *args, f"results_dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 
@@ -118,7 +119,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     code = process.wait(timeout=120)
     run_dir = only_run_dir(results)
     if kill == signal.SIGTERM:  # preemption: checkpoint, then exit "run me again"
-        assert code == runner.EXIT_INTERRUPTED
+        assert code == Exit.INTERRUPTED
         assert rundir.read_json(run_dir / rundir.RUN)["status"] == "pending"
     interrupted_at = checkpoint_step(run_dir)
     assert 0 < interrupted_at < 44
@@ -139,8 +140,7 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_exits_interrupted(tmp_path):
     results = tmp_path / "results"
     process = graftbench(
         "train",
-        *QUICK,
-        "trainer.epochs=1000",  # far more than the test waits for
+        *merged(QUICK, "trainer.epochs=1000"),  # far more than the test waits for
         "data.workers=2",
         f"results_dir={results}",
         cwd=tmp_path,
@@ -152,7 +152,7 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_exits_interrupted(tmp_path):
     wait_for(lambda: any(results.glob("*/*/ckpt/last.pt")), what="the first checkpoint")
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == runner.EXIT_INTERRUPTED, err
+    assert process.returncode == Exit.INTERRUPTED, err
     assert "Ctrl-C: stopping after this step with a checkpoint" in err
     assert "Traceback" not in err and "run again to resume" in out
     run_dir = only_run_dir(results)
@@ -171,8 +171,8 @@ def test_an_undecodable_image_ends_the_run_with_one_line_naming_it(tmp_path):
         "data=imagenet",
         f"data.root={root}",
         "data.num_classes=3",
-        "data.source.crop_size=32",
-        "data.source.resize_size=36",
+        "data.crop_size=32",
+        "data.resize_size=36",
         "data.workers=2",
         "trainer.batch_size=8",
         f"results_dir={tmp_path / 'results'}",
@@ -194,8 +194,8 @@ def test_trains_on_a_real_jpeg_image_folder(tmp_path):
         "data=imagenet",
         f"data.root={root}",
         "data.num_classes=3",
-        "data.source.crop_size=32",
-        "data.source.resize_size=36",
+        "data.crop_size=32",
+        "data.resize_size=36",
         "data.workers=0",
         "data.persistent_workers=false",
         "trainer.batch_size=8",

@@ -37,8 +37,8 @@ def test_translation_trains_grafted_and_reports_validation_and_test_bleu(tmp_pat
         ]
     )
     assert cfg.trainer.batch_size == 64 and cfg.data.task == "translation"
-    run_dir = runner.prepare(cfg)
-    assert runner.execute(run_dir) == 0
+    run_dir = runner.prepare_run(cfg)
+    assert runner.execute(run_dir, cfg) == 0
     summary = rundir.read_json(run_dir / rundir.SUMMARY)
     total = rundir.read_json(run_dir / rundir.RUN)["total_steps"]
     assert summary["steps"] == total and total % 28 == 0  # length buckets: ≥ 600/64 a epoch

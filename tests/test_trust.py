@@ -18,13 +18,9 @@ import yaml
 
 from graftbench import rundir
 from graftbench.record import RunRecord
-from tests.train_helpers import QUICK, graftbench, run, wait_for, weights
+from tests.train_helpers import QUICK, graftbench, merged, run, wait_for, weights
 
-TINY = [
-    *(o for o in QUICK if not o.startswith("trainer.checkpoint_every_steps=")),
-    "trainer.max_steps=4",
-    "trainer.checkpoint_every_steps=2",
-]
+TINY = merged(QUICK, "trainer.max_steps=4", "trainer.checkpoint_every_steps=2")
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -230,13 +226,11 @@ def test_train_and_sweep_give_the_same_numbers_under_one_id(tmp_path, finished_r
 
 # -- endings and exit codes ----------------------------------------------------------------
 def test_an_interrupted_sweep_exits_75_and_resumes(tmp_path):
-    quick = [o for o in QUICK if not o.startswith("trainer.epochs=")]
     args = [
         "sweep",
         "magnitude=sgd",
         "direction=sgd",
-        *quick,
-        "trainer.epochs=20",
+        *merged(QUICK, "trainer.epochs=20"),
         f"results_dir={tmp_path}",
         "sweep.name=stop",
     ]

@@ -25,14 +25,21 @@ QUICK = [
 ]
 
 
+def merged(base: list[str], *overrides: str) -> list[str]:
+    """``base`` with ``overrides`` replacing the entries for the same key (a command may give a
+    key only once)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [o for o in base if o.split("=", 1)[0].lstrip("+~") not in keys] + list(overrides)
+
+
 def train_in_process(tmp_path: Path, *overrides: str) -> tuple[int, Path]:
     """Prepare and train (or resume) the QUICK run with ``overrides`` in this process; its exit
     code and run directory."""
     from graftbench.train import runner
 
-    cfg = config.compose([*QUICK, f"results_dir={tmp_path}", *overrides])
-    run_dir = runner.prepare(cfg, list(overrides))
-    return runner.execute(run_dir), run_dir
+    cfg = config.compose(merged(QUICK, f"results_dir={tmp_path}", *overrides))
+    run_dir = runner.prepare_run(cfg)
+    return runner.execute(run_dir, cfg), run_dir
 
 
 def env(**extra: str) -> dict[str, str]:

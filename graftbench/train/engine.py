@@ -99,8 +99,7 @@ class Engine:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         trainer = cfg.trainer
         validate(cfg, dist.world_size)  # before anything is built or written
-        if trainer.get("threads") is not None:
-            torch.set_num_threads(trainer.threads)
+        torch.set_num_threads(trainer.threads)  # part of the identity: it changes the numbers
         self.numerics = numerics()
         _configure_backends(trainer, dist.device)
         checkpoint.seed_everything(cfg.seed)  # the same initial weights on every process
@@ -162,8 +161,7 @@ class Engine:
             "total_steps": self.last_step,
             "steps_per_epoch": self.steps_per_epoch,
             "parameters": sum(p.numel() for p in self.module.parameters()),
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **self.numerics,
         }
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -29,6 +29,13 @@ def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> 
     return Path(cfg["results_dir"]) / cfg["sweep"]["name"] / (run_id or config.run_id(cfg))
 
 
+def prepare_run(cfg: DictConfig) -> Path:
+    """The run directory of a composed config, prepared (what `graftbench train` does)."""
+    run_dir = run_dir_for(cfg)
+    prepare(run_dir, config.identity(cfg), record_fields(cfg, run_dir.name))
+    return run_dir
+
+
 def record_fields(cfg: DictConfig | dict[str, Any], run_id: str) -> dict[str, Any]:
     """What run.json says about the run from the start (its id and what it trains)."""
     return {
@@ -139,6 +146,10 @@ def execute(run_dir: Path, cfg: DictConfig, token: str | None = None) -> Exit:
             if dist.main:
                 record.fail(str(err))
                 print(f"{run_dir}: failed: {err}", flush=True)
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, from the last checkpoint
+            if dist.main:
+                record.interrupt(None, "SIGINT, twice")
             raise
         except Exception as err:
             traceback.print_exc()

@@ -75,35 +75,23 @@ def count_parameters(cfg: DictConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def validate(cfg: DictConfig, world_size: int) -> None:
-    """Refuse, with a ``UserError``, trainer settings that training would only find wrong later
-    (or never: ``trainer.epochs=0`` would "finish" untrained). Pure: it reads the config and
-    builds no data and no model, so it can run before anything is written. ``world_size``: the
-    number of processes the run will have (``trainer.devices`` for a local run)."""
-    trainer = cfg.trainer
-    _require(trainer.epochs, "trainer.epochs", "train for at least 1 epoch")
-    if trainer.max_steps is not None:
-        _require(trainer.max_steps, "trainer.max_steps", "set null for no limit")
-    if trainer.get("threads") is not None:
-        _require(trainer.threads, "trainer.threads", "use at least 1 CPU thread")
-    _require(trainer.log_every_steps, "trainer.log_every_steps", "log at least every N steps")
-    if cfg.data.task == "translation" and cfg.data.get("max_tokens"):
-        _token_accumulation(trainer.batch_size, cfg.data.max_tokens, world_size)
+def validate(cfg: DictConfig | dict[str, Any], world_size: int) -> None:
+    """Refuse, with a ``UserError``, a batch that does not split over ``world_size`` processes
+    (the bounds of every setting are the schema's: graftbench/schema.py). Pure: it reads the
+    config and builds no data and no model, so it runs before anything is written."""
+    trainer, data = cfg["trainer"], cfg["data"]
+    if data["task"] == "translation" and data.get("max_tokens"):
+        _token_accumulation(trainer["batch_size"], data["max_tokens"], world_size)
     else:
         split_batch(trainer, world_size)
-
-
-def _require(value: Any, key: str, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{key}={value} is not a positive whole number; {hint}")
 
 
 def split_batch(trainer: DictConfig, world_size: int) -> tuple[int, int]:
     """(per-device batch, accumulation steps) giving ``trainer.batch_size`` on ``world_size``.
 
     Pure (config only): ``validate`` calls it before a run is prepared."""
-    total = trainer.batch_size
-    per_device = trainer.per_device_batch_size or total // world_size
+    total = trainer["batch_size"]
+    per_device = trainer["per_device_batch_size"] or total // world_size
     if total <= 0 or per_device <= 0 or total % (per_device * world_size):
         raise UserError(
             f"trainer.batch_size={total} is not a multiple of per-device batch {per_device} × "
