@@ -18,6 +18,7 @@ import pytest
 from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.report.collect import collect, load_curves
+from graftbench.report.statistics import spread
 from graftbench.report.tables import (
     build_table,
     build_tables,
@@ -27,7 +28,7 @@ from graftbench.report.tables import (
     load_reference,
     render,
     render_comparison,
-    spread,
+
 )
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")
