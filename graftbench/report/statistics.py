@@ -28,13 +28,14 @@ not a number to average).
   number moves when the seeds are redrawn, and the ANOVA for whether an effect is there.
   A range is never negative, so even pure noise "moves" the metric: the ANOVA, not the range,
   says whether M or D matters.
-- **Two-way ANOVA** (:func:`anova`): ``value ~ C(M) * C(D)`` by ordinary least squares and
-  :func:`statsmodels.stats.anova.anova_lm` with type-II sums of squares (unequal seed counts
-  per cell are fine), the seeds of a cell as replicates; F, p and partial η² =
-  SS_effect / (SS_effect + SS_residual) for M, D and M×D. It runs on the largest block of
-  cells that all have a value (:func:`complete_block`) and needs more runs than cells: with
-  one seed per cell there is no residual and the report says ``n=1: no test possible``
-  instead of splitting the variance of cell means, which cannot separate an effect from noise.
+- **Two-way ANOVA** (:func:`anova`): ``value ~ C(M) * C(D)`` by ordinary least squares
+  (statsmodels) with type-II sums of squares, as ``statsmodels.stats.anova.anova_lm(typ=2)``
+  gives them (unequal seed counts per cell are fine), the seeds of a cell as replicates;
+  F, p and partial η² = SS_effect / (SS_effect + SS_residual) for M, D and M×D. It runs on
+  the largest block of cells that all have a value (:func:`complete_block`) and needs more
+  runs than cells: with one seed per cell there is no residual and the report says
+  ``n=1: no test possible`` instead of splitting the variance of cell means, which cannot
+  separate an effect from noise.
 
 Everything is deterministic: the bootstrap draws from a generator seeded with
 :data:`BOOTSTRAP_SEED` for every table, so a table reads the same on every machine.
@@ -42,6 +43,7 @@ Everything is deterministic: the bootstrap draws from a generator seeded with
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,14 +53,12 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 import scipy.stats
-import statsmodels.formula.api as smf
-from statsmodels.stats.anova import anova_lm
+from statsmodels.regression.linear_model import OLS
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-TERMS = {"C(M)": "M", "C(D)": "D", "C(M):C(D)": "M×D"}
 NO_REPLICATES = "n=1: no test possible"
 
 
@@ -83,34 +83,37 @@ class Interval:
 
 
 def bootstrap(
-    statistic: Callable[[list[np.ndarray]], np.ndarray], sizes: Sequence[int], outputs: int
+    samples: Sequence[np.ndarray],
+    statistic: Callable[[list[np.ndarray]], np.ndarray],
+    outputs: int,
 ) -> list[tuple[float, float]]:
-    """Percentile intervals of ``statistic`` under a stratified bootstrap over seeds.
+    """Percentile intervals of ``statistic`` under a bootstrap stratified by group.
 
-    Group ``g`` (a cell) has ``sizes[g]`` replicates (its seeds), resampled with replacement
-    on their own (:func:`scipy.stats.bootstrap` with one sample per group): every resample
-    keeps each cell's seed count, so none loses a cell. ``statistic`` takes one array
-    ``(..., sizes[g])`` per group of how often each replicate was drawn (a group of one is
-    always drawn once) and returns ``(outputs, ...)``. Returns a (low, high) per output; NaN
-    when no group has two replicates or the resampled statistic is not finite.
+    ``samples[g]`` holds the replicates of group ``g`` (a cell's values over its seeds, or
+    their indices); each group is resampled with replacement on its own
+    (:func:`scipy.stats.bootstrap` with one sample per group), so every resample keeps each
+    group and its size. ``statistic`` takes one array ``(..., len(samples[g]))`` per group
+    (a group of one is its value in every resample) and returns ``(outputs, ...)``. Returns a
+    (low, high) per output; NaN when no group has two replicates or the resampled statistic
+    is not finite.
     """
-    resampled = [g for g, size in enumerate(sizes) if size >= 2]
+    resampled = [g for g, sample in enumerate(samples) if len(sample) >= 2]
     if not resampled:
         return [(math.nan, math.nan)] * outputs
 
-    def on_draws(*draws: np.ndarray, axis: int = -1) -> np.ndarray:
-        draws = tuple(np.moveaxis(np.asarray(d, dtype=int), axis, -1) for d in draws)
-        batch = draws[0].shape[:-1]
-        weights = [np.ones((*batch, size)) for size in sizes]
-        for g, drawn in zip(resampled, draws, strict=True):
-            weights[g] = (drawn[..., None] == np.arange(sizes[g])).sum(axis=-2).astype(float)
-        return statistic(weights)
+    def on_resamples(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = tuple(np.moveaxis(np.asarray(d), axis, -1) for d in drawn)
+        batch = drawn[0].shape[:-1]
+        groups = [np.broadcast_to(np.asarray(s), (*batch, len(s))) for s in samples]
+        for g, values in zip(resampled, drawn, strict=True):
+            groups[g] = values
+        return statistic(groups)
 
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore")  # a degenerate bootstrap distribution gives NaN bounds
         result = scipy.stats.bootstrap(
-            tuple(np.arange(sizes[g]) for g in resampled),
-            on_draws,
+            tuple(np.asarray(samples[g]) for g in resampled),
+            on_resamples,
             n_resamples=RESAMPLES,
             vectorized=True,
             method="percentile",
@@ -185,12 +188,13 @@ def mean_ranges(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the lines with two values or more of their max - min; NaN where no line has two."""
 
     def along(axis: int) -> np.ndarray:
-        finite = np.isfinite(x)
-        top = np.where(finite, x, -np.inf).max(axis=axis)
-        bottom = np.where(finite, x, np.inf).min(axis=axis)
-        lines = finite.sum(axis=axis) >= 2
+        # element-wise over the few slices: numpy reductions over a tiny axis of a bootstrap
+        # batch are several times slower
+        slices = [np.take(x, i, axis=axis) for i in range(x.shape[axis])]
+        ranges = functools.reduce(np.fmax, slices) - functools.reduce(np.fmin, slices)
+        lines = sum(np.isfinite(s).astype(int) for s in slices) >= 2
         count = lines.sum(axis=-1)
-        total = np.where(lines, top - bottom, 0.0).sum(axis=-1)
+        total = np.where(lines, ranges, 0.0).sum(axis=-1)
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
     return along(-2), along(-1)
@@ -199,24 +203,33 @@ def mean_ranges(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def spread(mean: pd.DataFrame, samples: pd.DataFrame | None = None) -> Spread:
     """The :class:`Spread` of an M × D frame of cell means; with ``samples`` (columns
     magnitude, direction, seed, value) also its bootstrap intervals over seeds."""
-    by_m, by_d = (float(v) for v in mean_ranges(mean.to_numpy(dtype=float)))
     if samples is None or samples.empty:
+        by_m, by_d = (float(v) for v in mean_ranges(mean.to_numpy(dtype=float)))
         return Spread(Interval(by_m), Interval(by_d), 0)
-    rows = mean.index.get_indexer(samples["magnitude"].astype(object))
-    columns = mean.columns.get_indexer(samples["direction"].astype(object))
-    cell = pd.Series(rows * mean.shape[1] + columns)[(rows >= 0) & (columns >= 0)]
-    values = samples["value"].to_numpy(dtype=float)
-    groups = [(int(c), values[index]) for c, index in cell.groupby(cell).groups.items()]
+    return _spread(mean, *_cells(samples, mean), int(samples["seed"].nunique()))
 
-    def statistic(weights: list[np.ndarray]) -> np.ndarray:
-        means = np.full((*weights[0].shape[:-1], mean.size), np.nan)
-        for (c, v), w in zip(groups, weights, strict=True):
-            means[..., c] = (w @ v) / w.sum(axis=-1)
+
+def _spread(mean: pd.DataFrame, cell: np.ndarray, values: np.ndarray, seeds: int) -> Spread:
+    by_m, by_d = (float(v) for v in mean_ranges(mean.to_numpy(dtype=float)))
+    cells = np.unique(cell)
+    groups = [values[cell == c] for c in cells]
+
+    def statistic(resampled: list[np.ndarray]) -> np.ndarray:
+        means = np.full((*resampled[0].shape[:-1], mean.size), np.nan)
+        means[..., cells] = np.stack([r.mean(axis=-1) for r in resampled], axis=-1)
         return np.stack(mean_ranges(means.reshape(*means.shape[:-1], *mean.shape)))
 
-    (m_low, m_high), (d_low, d_high) = bootstrap(statistic, [len(v) for _, v in groups], 2)
-    seeds = samples["seed"].nunique()
+    (m_low, m_high), (d_low, d_high) = bootstrap(groups, statistic, 2)
     return Spread(Interval(by_m, m_low, m_high), Interval(by_d, d_low, d_high), seeds)
+
+
+def _cells(samples: pd.DataFrame, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(flat cell index in ``frame``'s M × D order, value) of each sample inside it."""
+    rows = frame.index.get_indexer(samples["magnitude"])
+    columns = frame.columns.get_indexer(samples["direction"])
+    inside = (rows >= 0) & (columns >= 0)
+    cell = rows * frame.shape[1] + columns
+    return cell[inside], samples["value"].to_numpy(dtype=float)[inside]
 
 
 # -- two-way ANOVA --------------------------------------------------------------------------
@@ -263,56 +276,84 @@ def complete_block(present: np.ndarray) -> tuple[list[int], list[int]]:
 
 
 def anova(samples: pd.DataFrame, n: pd.DataFrame) -> tuple[Anova | None, str | None]:
-    """The ANOVA of ``samples`` (columns magnitude, direction, value) over the largest
-    complete block of the M × D counts ``n``, or None and why no test is possible."""
+    """The two-way ANOVA of ``samples`` (columns magnitude, direction, value) over the largest
+    complete block of the M × D counts ``n``, or None and why no test is possible.
+
+    Type-II sums of squares are the drop in residual sum of squares when a term enters after
+    every term that does not contain it (M after D, D after M, M×D after both), each model an
+    ordinary least squares fit by statsmodels' :class:`~statsmodels.regression.linear_model.OLS`;
+    F divides by the full model's residual mean square and p is :func:`scipy.stats.f`'s tail.
+    These are the numbers of ``anova_lm(ols("value ~ C(M) * C(D)", data).fit(), typ=2)``
+    (the tests compare them), reached without the formula machinery, which costs ~15 ms a
+    table: too slow for a sweep with hundreds of tables.
+    """
+    return _anova(n, *_cells(samples, n))
+
+
+def _anova(
+    n: pd.DataFrame, cell: np.ndarray, values: np.ndarray
+) -> tuple[Anova | None, str | None]:
     rows, columns = complete_block(n.to_numpy() > 0)
     if len(rows) < 2 or len(columns) < 2:
         return None, "fewer than 2 × 2 cells with a value: no test possible"
-    names = ([n.index[i] for i in rows], [n.columns[j] for j in columns])
-    inside = samples["magnitude"].isin(names[0]) & samples["direction"].isin(names[1])
-    block = pd.DataFrame(
-        {
-            "value": samples.loc[inside, "value"].to_numpy(dtype=float),
-            "M": samples.loc[inside, "magnitude"].astype(str).to_numpy(),
-            "D": samples.loc[inside, "direction"].astype(str).to_numpy(),
-        }
-    )
-    cells = len(rows) * len(columns)
-    if len(block) <= cells:
+    shape = (len(rows), len(columns))
+    # the samples inside the block, with their row and column in it
+    row_in = np.full(n.shape[0], -1)
+    row_in[rows] = np.arange(shape[0])
+    column_in = np.full(n.shape[1], -1)
+    column_in[columns] = np.arange(shape[1])
+    m, d = row_in[cell // n.shape[1]], column_in[cell % n.shape[1]]
+    inside = (m >= 0) & (d >= 0)
+    m, d, y = m[inside], d[inside], values[inside]
+    if len(y) <= shape[0] * shape[1]:
         return None, NO_REPLICATES
-    total = float(((block["value"] - block["value"].mean()) ** 2).sum())
-    cell_mean = block.groupby(["M", "D"])["value"].transform("mean")
-    within = float(((block["value"] - cell_mean) ** 2).sum())
+    intercept = np.ones((len(y), 1))
+    by_m = (m[:, None] == np.arange(1, shape[0])).astype(float)  # treatment coding
+    by_d = (d[:, None] == np.arange(1, shape[1])).astype(float)
+    by_cell = (m * shape[1] + d)[:, None] == np.arange(shape[0] * shape[1])
+    ssr = {
+        name: float(OLS(y, np.hstack(design)).fit().ssr)
+        for name, design in {
+            "mean": [intercept],
+            "M": [intercept, by_m],
+            "D": [intercept, by_d],
+            "M+D": [intercept, by_m, by_d],
+            "M*D": [by_cell.astype(float)],
+        }.items()
+    }
+    total, resid = ssr["mean"], ssr["M*D"]
     if total == 0:
         return None, "every value is the same: nothing to test"
-    if within <= 1e-12 * total:
+    if resid <= 1e-12 * total:
         return None, "the seeds of each cell gave identical values: no test possible"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table = anova_lm(smf.ols("value ~ C(M) * C(D)", block).fit(), typ=2)
-    except (ValueError, np.linalg.LinAlgError) as err:  # never let a table crash on it
-        return None, f"the ANOVA failed ({err})"
-    resid = float(table.at["Residual", "sum_sq"])
-    effects = [
-        Effect(
-            term=TERMS[term],
-            sum_sq=float(row["sum_sq"]),
-            df=float(row["df"]),
-            F=float(row["F"]),
-            p=float(row["PR(>F)"]),
-            partial_eta_sq=float(row["sum_sq"] / (row["sum_sq"] + resid)),
+    df_resid = float(len(y) - shape[0] * shape[1])
+    terms = {
+        "M": (ssr["D"] - ssr["M+D"], shape[0] - 1),
+        "D": (ssr["M"] - ssr["M+D"], shape[1] - 1),
+        "M×D": (ssr["M+D"] - resid, (shape[0] - 1) * (shape[1] - 1)),
+    }
+    effects = []
+    for term, (sum_sq, df) in terms.items():
+        sum_sq = max(sum_sq, 0.0)  # a round-off below zero
+        f_value = sum_sq / df / (resid / df_resid)
+        effects.append(
+            Effect(
+                term=term,
+                sum_sq=sum_sq,
+                df=float(df),
+                F=f_value,
+                p=float(scipy.stats.f.sf(f_value, df, df_resid)),
+                partial_eta_sq=sum_sq / (sum_sq + resid),
+            )
         )
-        for term, row in table.drop(index="Residual").iterrows()
-    ]
     result = Anova(
         effects=effects,
-        df_resid=float(table.at["Residual", "df"]),
+        df_resid=df_resid,
         sum_sq_resid=resid,
-        runs=len(block),
-        rows=names[0],
-        columns=names[1],
-        partial=cells != n.size,
+        runs=len(y),
+        rows=[n.index[i] for i in rows],
+        columns=[n.columns[j] for j in columns],
+        partial=shape != n.shape,
     )
     return result, None
 
@@ -347,12 +388,13 @@ def analyze(
     """Intervals, ties, spread and ANOVA of one M × D table: ``mean``/``std``/``n`` are its
     cell frames, ``samples`` its values (columns magnitude, direction, seed, value)."""
     low, high = cell_intervals(mean, std, n)
-    result, no_test = anova(samples, n)
+    cell, values = _cells(samples, mean)
+    result, no_test = _anova(n, cell, values)
     return TableStatistics(
         low=low,
         high=high,
         marks=marks(mean, low, high, higher_is_better),
-        spread=spread(mean, samples),
+        spread=_spread(mean, cell, values, int(samples["seed"].nunique())),
         anova=result,
         no_test=no_test,
     )
