@@ -167,8 +167,8 @@ def cluster_curves(
     sizes = np.bincount(cell_of, minlength=len(cells))
     statistic = _Statistic(between, cell_of, cells)
     ones = [np.ones(size) for size in sizes]
-    point = statistic(ones)
-    bounds = bootstrap(statistic, sizes.tolist(), 4)
+    point = statistic.measures(ones)
+    bounds = bootstrap([np.arange(size) for size in sizes], statistic, 4)
     names = [f"{m}#{d}" for m, d in cells]
     return Clustering(
         metric=metric,
@@ -184,9 +184,8 @@ def cluster_curves(
 
 
 class _Statistic:
-    """(same M, same D, noise floor, ratio) from per-cell seed weights, as
-    :func:`~graftbench.report.statistics.bootstrap` passes them: a pair of curves counts with
-    the product of their weights."""
+    """(same M, same D, noise floor, ratio) of weighted curves: a pair of curves counts with
+    the product of their weights (how often the bootstrap drew each)."""
 
     def __init__(self, between: np.ndarray, cell_of: np.ndarray, cells: list) -> None:
         self.between = between  # curve × curve; curves sorted by cell
@@ -213,7 +212,15 @@ class _Statistic:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pairs > 0, total / pairs, np.nan)
 
-    def __call__(self, weights: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, drawn: list[np.ndarray]) -> np.ndarray:
+        """The measures of resampled curve indices, one array ``(..., curves)`` per cell."""
+        weights = [
+            (d[..., None] == np.arange(d.shape[-1])).sum(axis=-2).astype(float) for d in drawn
+        ]
+        return self.measures(weights)
+
+    def measures(self, weights: list[np.ndarray]) -> np.ndarray:
+        """(same M, same D, noise floor, ratio) ``(4, ...)`` for curve weights."""
         d = self.distances(weights)
         cells = np.arange(d.shape[-1])
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):

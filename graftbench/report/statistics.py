@@ -240,7 +240,7 @@ class Effect:
     term: str  # M, D or M×D
     sum_sq: float
     df: float
-    F: float
+    f_value: float
     p: float
     partial_eta_sq: float
 
@@ -322,7 +322,7 @@ def _anova(
         }.items()
     }
     total, resid = ssr["mean"], ssr["M*D"]
-    if total == 0:
+    if np.ptp(y) == 0:
         return None, "every value is the same: nothing to test"
     if resid <= 1e-12 * total:
         return None, "the seeds of each cell gave identical values: no test possible"
@@ -341,7 +341,7 @@ def _anova(
                 term=term,
                 sum_sq=sum_sq,
                 df=float(df),
-                F=f_value,
+                f_value=f_value,
                 p=float(scipy.stats.f.sf(f_value, df, df_resid)),
                 partial_eta_sq=sum_sq / (sum_sq + resid),
             )
@@ -444,7 +444,7 @@ def anova_sentence(stats: TableStatistics) -> str:
             )
         return f"{reason}."
     parts = [
-        f"{e.term} F({e.df:.0f}, {result.df_resid:.0f}) = {e.F:.2f}, {p_value(e.p)}, "
+        f"{e.term} F({e.df:.0f}, {result.df_resid:.0f}) = {e.f_value:.2f}, {p_value(e.p)}, "
         f"partial η² = {e.partial_eta_sq:.2f}"
         for e in result.effects
     ]
