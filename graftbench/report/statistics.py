@@ -128,13 +128,19 @@ def bootstrap(
 def cell_intervals(
     mean: pd.DataFrame, std: pd.DataFrame, n: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The Student-t interval of each cell mean (low, high); NaN for cells with n < 2."""
-    count = n.to_numpy(dtype=float)
+    """The Student-t interval of each cell mean (low, high); NaN for cells with n < 2, the
+    mean itself where the seeds agree exactly (std 0)."""
+    count, spread = n.to_numpy(dtype=float), std.to_numpy(dtype=float)
+    center = mean.to_numpy(dtype=float)
     ok = count >= 2
-    df = np.where(ok, count - 1, 1.0)
-    scale = np.where(ok, std.to_numpy(dtype=float) / np.sqrt(np.maximum(count, 1)), 1.0)
-    low, high = scipy.stats.t.interval(CONFIDENCE, df, loc=mean.to_numpy(dtype=float), scale=scale)
-    frames = (np.where(ok, bound, np.nan) for bound in (low, high))
+    varies = ok & (spread > 0)
+    low, high = scipy.stats.t.interval(
+        CONFIDENCE,
+        np.where(ok, count - 1, 1.0),
+        loc=np.where(ok, center, 0.0),
+        scale=np.where(varies, spread / np.sqrt(np.maximum(count, 1)), 1.0),
+    )
+    frames = (np.where(varies, bound, np.where(ok, center, np.nan)) for bound in (low, high))
     return tuple(pd.DataFrame(f, index=mean.index, columns=mean.columns) for f in frames)
 
 
