@@ -99,6 +99,24 @@ class Clustering:
             return "by D"
         return "mixed" if m_moves or d_moves else "noise"
 
+    def conclusion(self) -> str:
+        """The verdict in words: ``the curves cluster by M (3.1× farther apart when M changes
+        than when D changes)``."""
+        verdict = self.verdict()
+        if verdict == "no claim":
+            floor = math.isfinite(self.noise_floor.estimate)
+            why = "no interval" if floor else "one seed per pair: no noise floor"
+            return f"{why}, so no claim about clustering"
+        return {
+            "by M": f"the curves cluster by M ({amount(self.ratio.estimate)}× farther apart "
+            "when M changes than when D changes)",
+            "by D": f"the curves cluster by D ({amount(1 / self.ratio.estimate)}× farther "
+            "apart when D changes than when M changes)",
+            "mixed": "the curves move beyond the seed-to-seed noise, but neither by M nor by D "
+            "clearly more",
+            "noise": "no clustering beyond the seed-to-seed noise",
+        }[verdict]
+
     def sentence(self) -> str:
         """The numbers and the verdict in one line, for under a table."""
 
@@ -113,21 +131,7 @@ class Clustering:
         )
         if math.isfinite(self.noise_floor.estimate):
             head += f", seed to seed {text(self.noise_floor)}"
-        verdict = self.verdict()
-        if verdict == "no claim":
-            floor = math.isfinite(self.noise_floor.estimate)
-            why = "no interval" if floor else "one seed per pair: no noise floor"
-            verdict = f"{why}, so no claim about clustering"
-        else:
-            verdict = {
-                "by M": f"the curves cluster by M ({amount(self.ratio.estimate)}× farther apart "
-                "when M changes than when D changes)",
-                "by D": f"the curves cluster by D ({amount(1 / self.ratio.estimate)}× farther "
-                "apart when D changes than when M changes)",
-                "mixed": "the curves move beyond the seed-to-seed noise, but neither by M nor "
-                "by D clearly more",
-                "noise": "no clustering beyond the seed-to-seed noise",
-            }[verdict]
+        verdict = self.conclusion()
         left = ", ".join(f"{n} {status}" for status, n in self.left_out.items())
         return f"{head}: {verdict}" + (f" ({left} runs left out)" if left else "") + "."
 
