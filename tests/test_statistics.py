@@ -199,6 +199,22 @@ def test_no_residual_variation_is_no_test_not_a_crash(values, reason):
     assert result is None and reason in why
 
 
+def test_a_ceiling_is_no_test():
+    """top-5 on the digits demo with 3 seeds: 100 in every run but three of the adam row at
+    99.72. F says p = 0.026 for M; three drops among 27 runs all land in one row by chance
+    with probability 3 C(9, 3) / C(27, 3) = 0.086, the exact permutation p."""
+    samples = grid_samples(lambda i, j: 100.0, 3, 0.0)
+    adam = samples.magnitude == "adam"
+    drops = adam & (
+        ((samples.direction == "sgd") & (samples.seed == 0))
+        | ((samples.direction == "adagrad") & (samples.seed < 2))
+    )
+    samples.loc[drops, "value"] = 99.72
+    result, why = anova(samples, frames(samples)[2])
+    assert result is None and "most cells gave identical values" in why
+    assert statsmodels_anova(samples).at["C(M)", "PR(>F)"] == pytest.approx(0.026, abs=5e-4)
+
+
 # -- the two cases that matter --------------------------------------------------------------
 # Noise alone crosses α = 0.05 in 5% of grids per effect: the two tests below use generator
 # seeds where it does not, and the third checks that rate over many grids.

@@ -48,7 +48,7 @@ RATIO = "graft.ratio_mean"
 LAYER_PREFIX = "ratio."
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 PANEL = (4.2, 3.2)  # inches per panel
-SPARSE = 30  # curves with this many points or fewer get a marker per point
+SPARSE = 30  # eval curves with this many points or fewer get a marker per point
 UNHEALTHY = {"diverged": "x", "failed": "s"}  # status -> end marker
 LOG_METRICS = ("loss", "nll", "ppl", "perplexity")
 LABELS = {
@@ -373,7 +373,8 @@ def _draw(ax: Axes, curves: pd.DataFrame, kind: str, metric: str, style: _Style)
             )
             steps = by_step.index.to_numpy()
             center = np.exp(by_step["center"]) if logarithmic else by_step["center"]
-            marker = "o" if len(steps) <= SPARSE else None  # evals are few: one would not show
+            sparse = kind == "eval" and len(steps) <= SPARSE  # a lone eval would not show
+            marker = "o" if sparse else None
             ax.plot(steps, center, color=color, ls=linestyle, lw=1.4, marker=marker, ms=3)
             if healthy["seed"].nunique() > 1:
                 ax.fill_between(steps, by_step["low"], by_step["high"], color=color, alpha=0.12)

@@ -302,25 +302,23 @@ def _by_precedence(counts: Mapping[str, int]) -> list[str]:
 # -- rendering ------------------------------------------------------------------------------
 def decimals_for(table: GridTable) -> int:
     """Three significant digits of the largest value (76.3, 2.35, 0.763), and more where the
-    uncertainty is finer: two significant digits of the smaller of the typical seed std
-    (the median over cells) and the amounts by which changing M or D moves the metric, so
-    99.72 never shows as 100 next to "changing M moves top5 by 0.28"."""
+    uncertainty is finer: two significant digits of the typical seed std (the median over
+    cells) and one of the amounts by which changing M or D moves the metric, so 99.72 never
+    shows as 100 next to "changing M moves top5 by 0.28"."""
     finite = np.abs(table.mean.to_numpy(dtype=float))
     finite = finite[np.isfinite(finite) & (finite > 0)]
     if not finite.size:
         return 2
-    decimals = max(0, 2 - math.floor(math.log10(finite.max())))
+    decimals = [max(0, 2 - math.floor(math.log10(finite.max())))]
     std = table.std.to_numpy(dtype=float)
+    std = std[np.isfinite(std) & (std > 0)]
+    if std.size:
+        decimals.append(statistics.two_significant(float(np.median(std))))
     spread = table.statistics.spread
-    scales = [
-        np.median(std[np.isfinite(std) & (std > 0)]) if (std > 0).any() else math.nan,
-        spread.by_magnitude.estimate,
-        spread.by_direction.estimate,
-    ]
-    scales = [s for s in scales if math.isfinite(s) and s > 0]
-    if scales:
-        decimals = max(decimals, statistics.two_significant(min(scales)))
-    return min(decimals, MAX_DECIMALS)
+    for amount in (spread.by_magnitude.estimate, spread.by_direction.estimate):
+        if math.isfinite(amount) and amount > 0:
+            decimals.append(statistics.two_significant(amount) - 1)
+    return min(max(decimals), MAX_DECIMALS)
 
 
 def render(tables: Sequence[GridTable], fmt: str = "markdown", decimals: int | None = None) -> str:
