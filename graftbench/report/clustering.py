@@ -154,10 +154,8 @@ def cluster_curves(
     seed = rows["seed"].astype(object)
     seed = seed.where(seed.notna(), rows["run_id"]).astype(str)  # no seed: a replicate alone
     rows = rows.assign(log=log.replace([np.inf, -np.inf], np.nan), seed=seed)
-    wide = rows.pivot_table(
-        index=["magnitude", "direction", "seed"], columns="step", values="log", observed=True
-    )
-    wide = wide.dropna(axis=1)  # the steps every curve has; rows sorted, so by cell
+    wide = rows.groupby(["magnitude", "direction", "seed", "step"], observed=True)["log"].mean()
+    wide = wide.unstack("step").dropna(axis=1)  # the steps every curve has; sorted by cell
     if wide.shape[1] == 0:
         return None
     keys = list(wide.index)
@@ -192,8 +190,13 @@ class _Statistic:
     the product of their weights (how often the bootstrap drew each)."""
 
     def __init__(self, between: np.ndarray, cell_of: np.ndarray, cells: list) -> None:
-        self.between = between  # curve × curve; curves sorted by cell
-        self.cell_of = cell_of
+        # curve × curve distances as cell × slot × cell × slot, zero-padded to the largest
+        # cell (a padded slot has weight 0), so a resample is two small matrix products
+        sizes = np.bincount(cell_of, minlength=len(cells))
+        slot = np.arange(len(cell_of)) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[cell_of]
+        self.sizes, self.width = sizes, int(sizes.max())
+        self.blocks = np.zeros((len(cells), self.width, len(cells), self.width))
+        self.blocks[cell_of[:, None], slot[:, None], cell_of[None, :], slot[None, :]] = between
         pairs = [(a, b) for a in range(len(cells)) for b in range(a + 1, len(cells))]
         self.same_m, self.same_d = (
             np.array(chosen, dtype=int).reshape(-1, 2).T
@@ -204,24 +207,32 @@ class _Statistic:
         )
 
     def distances(self, weights: list[np.ndarray]) -> np.ndarray:
-        """Cell × cell mean distances ``(..., cells, cells)``: over every pair of curves of
-        the two cells, and on the diagonal over pairs of different curves of the cell."""
-        w = np.concatenate(weights, axis=-1)  # (..., curves): the curves are sorted by cell
-        by_cell = w[..., :, None] * (self.cell_of[:, None] == np.arange(len(weights)))
-        total = np.swapaxes(by_cell, -1, -2) @ (self.between @ by_cell)
-        per_cell = by_cell.sum(axis=-2)
+        """Cell × cell mean distances ``(..., cells, cells)`` for one weight array per cell:
+        over every pair of curves of the two cells, and on the diagonal over pairs of
+        different curves of the cell."""
+        batch = weights[0].shape[:-1]
+        w = np.zeros((*batch, len(weights), self.width))  # (..., cell, slot)
+        for c, weight in enumerate(weights):
+            w[..., c, : weight.shape[-1]] = weight
+        cells, width, flat = len(weights), self.width, int(np.prod(batch, dtype=int))
+        # Σ_s w[c, s] Δ[c, s, d, t] for every c (a matrix product per cell), then the sum
+        # over t of that times w[d, t]
+        by_cell = np.moveaxis(w.reshape(flat, cells, width), 1, 0)  # (cell, batch, slot)
+        half = (by_cell @ self.blocks.reshape(cells, width, cells * width)).reshape(
+            cells, flat, cells, width
+        )
+        total = np.moveaxis((half * by_cell.swapaxes(0, 1)[None]).sum(axis=-1), 0, 1)
+        total = total.reshape(*batch, cells, cells)
+        per_cell = w.sum(axis=-1)
         pairs = per_cell[..., :, None] * per_cell[..., None, :]
-        cells = np.arange(len(weights))
-        pairs[..., cells, cells] -= (by_cell**2).sum(axis=-2)  # a curve is no pair with itself
+        diagonal = np.arange(cells)
+        pairs[..., diagonal, diagonal] -= (w**2).sum(axis=-1)  # a curve is no pair with itself
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pairs > 0, total / pairs, np.nan)
 
     def __call__(self, drawn: list[np.ndarray]) -> np.ndarray:
         """The measures of resampled curve indices, one array ``(..., curves)`` per cell."""
-        weights = [
-            (d[..., None] == np.arange(d.shape[-1])).sum(axis=-2).astype(float) for d in drawn
-        ]
-        return self.measures(weights)
+        return self.measures([_counts(np.asarray(d, dtype=int)) for d in drawn])
 
     def measures(self, weights: list[np.ndarray]) -> np.ndarray:
         """(same M, same D, noise floor, ratio) ``(4, ...)`` for curve weights."""
@@ -233,3 +244,11 @@ class _Statistic:
             same_d = np.nanmean(d[..., self.same_d[0], self.same_d[1]], axis=-1)
             floor = np.nanmean(d[..., cells, cells], axis=-1)
             return np.stack([same_m, same_d, floor, same_d / same_m])
+
+
+def _counts(drawn: np.ndarray) -> np.ndarray:
+    """How often each index in ``0..n-1`` was drawn, per resample: ``(..., n)`` -> same."""
+    n = drawn.shape[-1]
+    rows = drawn.reshape(-1, n)
+    flat = (rows + n * np.arange(len(rows))[:, None]).ravel()
+    return np.bincount(flat, minlength=rows.size).reshape(drawn.shape).astype(float)

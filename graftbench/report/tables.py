@@ -191,11 +191,11 @@ def _clusterings(
         return {}
     if not split:
         return {(): cluster_curves(curves[curves["run_id"].isin(runs["run_id"])])}
-    groups = runs.groupby([runs[c].astype(object) for c in split], dropna=False, sort=False)
-    return {
-        _key(key): cluster_curves(curves[curves["run_id"].isin(group["run_id"])])
-        for key, group in groups
-    }
+    points = zip(*(runs[c].astype(object) for c in split), strict=True)
+    group_of = dict(zip(runs["run_id"], points, strict=True))
+    keys = curves["run_id"].map(group_of)  # a run outside ``runs``: NaN, left out
+    groups = curves[keys.notna()].groupby(keys[keys.notna()], sort=False)
+    return {_key(key): cluster_curves(group) for key, group in groups}
 
 
 def _pivot(
