@@ -415,6 +415,25 @@ def test_a_swept_override_gets_one_table_per_value(tmp_path):
     assert "magnitude.lr=1e-05" in tables[0].title
 
 
+def test_a_swept_override_gets_the_clustering_of_its_own_runs(tmp_path):
+    entries = []
+    for lr in ("0.1", "0.01"):
+        for m in ("sgd", "adam"):
+            for seed in (0, 1):
+                entry = {"run_id": f"{m}+{m}-lr{lr}-s{seed}", "magnitude": m, "direction": m}
+                entry |= {"seed": seed, "overrides": [f"+magnitude.lr={lr}", f"seed={seed}"]}
+                status = "diverged" if (lr, m, seed) == ("0.1", "adam", 1) else "done"
+                write_run(tmp_path, entry, status, {"top1": 50.0 + seed}, curves=True)
+                entries.append(entry)
+    write_manifest(tmp_path, entries)
+    runs = collect(tmp_path)[0]
+    curves = load_curves(tmp_path, kinds=("train",), runs=runs)[0]
+    tables = build_tables(runs, ["top1"], curves=curves)
+    assert [t.where["overrides.magnitude.lr"] for t in tables] == [0.01, 0.1]
+    assert [t.clustering.left_out for t in tables] == [{}, {"diverged": 1}]
+    assert all(t.clustering.cells == ["sgd#sgd", "adam#adam"] for t in tables)
+
+
 # -- the statistics under a table ----------------------------------------------------------
 def test_spread_with_missing_cells_matches_a_hand_computation(sweep):
     root, finals = sweep

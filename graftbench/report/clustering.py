@@ -54,7 +54,7 @@ class Clustering:
     same_direction: Interval  # changing M
     noise_floor: Interval
     ratio: Interval
-    distances: pd.DataFrame  # cell × cell ("M#D"); the diagonal is the cell's seed-to-seed
+    distances: pd.DataFrame = field(compare=False)  # cell × cell ("M#D"); diagonal: seeds
     seeds: int
     steps: int
     left_out: dict[str, int] = field(default_factory=dict)
