@@ -60,7 +60,7 @@ from statsmodels.regression.linear_model import OLS
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
-RESAMPLES = 2000
+RESAMPLES = 1000  # Efron & Tibshirani's floor for percentile intervals; seaborn's default
 BOOTSTRAP_SEED = 0
 NO_REPLICATES = "n=1: no test possible"
 
@@ -335,7 +335,6 @@ def _anova(
     ssr = {
         name: float(OLS(y, np.hstack(design)).fit().ssr)
         for name, design in {
-            "mean": [intercept],
             "M": [intercept, by_m],
             "D": [intercept, by_d],
             "M+D": [intercept, by_m, by_d],
