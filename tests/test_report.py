@@ -14,20 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.report.collect import collect, load_curves
+from graftbench.report.statistics import complete_block
 from graftbench.report.tables import (
     build_table,
     build_tables,
     compare,
+    decimals_for,
     default_metrics,
     higher_is_better,
     load_reference,
     render,
     render_comparison,
-    spread,
 )
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")
@@ -251,7 +253,7 @@ def test_cells_are_marked_when_seeds_disagree(sweep):
     root, _ = sweep
     table = build_tables(collect(root)[0], ["top1"])[0]
     text = {(m, d): table.text(m, d, 1) for m in OPTIMIZERS for d in OPTIMIZERS}
-    assert re.fullmatch(r"\d+\.\d ± \d\.\d \(n=3\)", text["sgd", "sgd"])
+    assert re.fullmatch(r"\d+\.\d ± \d\.\d \[\d+\.\d, \d+\.\d\] \(n=3\)", text["sgd", "sgd"])
     assert text["sgd", "adam"].endswith("(n=2, 1 diverged)")
     assert text["sgd", "adagrad"] == "diverged"
     assert text["adam", "sgd"].endswith("(n=2, 1 running)")
@@ -264,32 +266,54 @@ def test_cells_are_marked_when_seeds_disagree(sweep):
 
 
 @pytest.mark.parametrize("metric", ["top1", "loss"])
-def test_best_cell_per_row_and_column_is_highlighted(sweep, metric):
+def test_best_and_tied_cells_are_marked_from_the_intervals(sweep, metric):
     root, finals = sweep
     table = build_tables(collect(root)[0], [metric])[0]
     cells = expected_cells(finals, metric)
-    means = np.array(
-        [[np.mean(cells[m, d]) if cells[m, d] else np.nan for d in OPTIMIZERS] for m in OPTIMIZERS]
-    )
-    pick = np.nanargmax if metric == "top1" else np.nanargmin
+    grid = [[np.array(cells[m, d]) for d in OPTIMIZERS] for m in OPTIMIZERS]
+    mean = np.array([[v.mean() if v.size else np.nan for v in row] for row in grid])
 
-    def best(lines: np.ndarray) -> list[int]:
-        """Per line: the best index, or -1 for a line with fewer than two values."""
-        return [int(pick(v)) if np.isfinite(v).sum() >= 2 else -1 for v in lines]
+    def interval(v: np.ndarray) -> tuple[float, float]:  # Student t; one value: the point
+        if v.size < 2:
+            return (v.mean(), v.mean()) if v.size else (np.nan, np.nan)
+        half = scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+        return v.mean() - half, v.mean() + half
+
+    bounds = [[interval(v) for v in row] for row in grid]
+
+    def expected(transpose: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(best, tied) by the overlap rule, line by line."""
+        x = mean.T if transpose else mean
+        b = [list(r) for r in zip(*bounds, strict=True)] if transpose else bounds
+        best, tied = np.zeros((3, 3), bool), np.zeros((3, 3), bool)
+        for i in range(3):
+            if np.isfinite(x[i]).sum() < 2:
+                continue
+            k = int(np.nanargmax(x[i]) if metric == "top1" else np.nanargmin(x[i]))
+            top = [
+                np.isfinite(x[i, j]) and b[i][j][0] <= b[i][k][1] and b[i][k][0] <= b[i][j][1]
+                for j in range(3)
+            ]
+            (best if sum(top) == 1 else tied)[i] = top
+        return (best.T, tied.T) if transpose else (best, tied)
 
     markdown = render([table], "markdown", decimals=2)
-    grid = [
+    texts = [
         [cell.strip() for cell in line.split("|")[2:-1]]
         for line in markdown.splitlines()
         if line.startswith(("| sgd", "| adam", "| adagrad"))
     ]
-    bold = [[c.startswith("**") for c in row] for row in grid]
-    italic = [[c.replace("**", "").startswith("*") for c in row] for row in grid]
-    assert [row.index(True) if any(row) else -1 for row in bold] == best(means)
-    assert [sum(row) for row in bold] == [int(b >= 0) for b in best(means)]
-    columns = [list(column) for column in zip(*italic, strict=True)]
-    assert [c.index(True) if any(c) else -1 for c in columns] == best(means.T)
-    assert [sum(c) for c in columns] == [int(b >= 0) for b in best(means.T)]
+    bold = np.array([[c.startswith("**") for c in row] for row in texts])
+    italic = np.array([[c.replace("**", "").startswith("*") for c in row] for row in texts])
+    dagger = np.array([["†" in c for c in row] for row in texts])
+    double = np.array([["‡" in c for c in row] for row in texts])
+    (row_best, row_tied), (column_best, column_tied) = expected(False), expected(True)
+    np.testing.assert_array_equal(bold, row_best)
+    np.testing.assert_array_equal(dagger, row_tied)
+    np.testing.assert_array_equal(italic, column_best)
+    np.testing.assert_array_equal(double, column_tied)
+    assert row_tied.any() and column_best.any()  # the sweep has both kinds
+    assert "† tied for the row's best" in markdown
     assert higher_is_better(metric) == (metric == "top1")
 
 
@@ -302,8 +326,11 @@ def test_latex_is_booktabs_and_escapes_names(sweep):
     body = latex.split("\\midrule\n")[1].split("\\bottomrule")[0].strip().splitlines()
     assert [line.split(" & ")[0] for line in body] == list(OPTIMIZERS)
     assert all(line.count(" & ") == 3 and line.endswith("\\\\") for line in body)
-    assert latex.count("\\textbf{") == int(table.best("row").to_numpy().sum())
-    assert latex.count("\\underline{") == int(table.best("column").to_numpy().sum())
+    marks = table.statistics.marks
+    assert latex.count("\\textbf{") == int(marks.best_in_row.to_numpy().sum())
+    assert latex.count("\\underline{") == int(marks.best_in_column.to_numpy().sum())
+    assert "\n".join(body).count("$^\\dagger$") == int(marks.tied_in_row.to_numpy().sum())
+    assert "†" not in latex and "η" not in latex and "–" not in latex
     depth = 0
     for ch in latex.replace("\\{", "").replace("\\}", ""):
         depth += {"{": 1, "}": -1}.get(ch, 0)
@@ -335,15 +362,28 @@ def test_csv_round_trip_keeps_full_precision(sweep):
                 assert rows.at[(m, d), "status"] == table.status(m, d)
 
 
-def test_json_is_strict_and_carries_the_claim(sweep):
+def test_json_is_strict_and_carries_the_statistics(sweep):
     root, _ = sweep
-    data = json.loads(render(build_tables(collect(root)[0], ["top1"]), "json"))
-    cells = {(c["magnitude"], c["direction"]): c for c in data[0]["cells"]}
+    table = build_tables(collect(root)[0], ["top1"])[0]
+    data = json.loads(render([table], "json"))[0]
+    cells = {(c["magnitude"], c["direction"]): c for c in data["cells"]}
     assert (
         cells["adagrad", "sgd"]["mean"] is None and cells["adagrad", "sgd"]["status"] == "missing"
     )
     assert cells["adagrad", "adagrad"]["others"] == {"diverged": 1, "failed": 1, "unreadable": 1}
-    assert data[0]["claim"].startswith("changing M moves top1 by")
+    low, high = table.interval("sgd", "sgd")
+    assert (cells["sgd", "sgd"]["ci_low"], cells["sgd", "sgd"]["ci_high"]) == (low, high)
+    stats = data["statistics"]
+    assert [e["term"] for e in stats["anova"]["effects"]] == ["M", "D", "M×D"]
+    assert [e["p"] for e in stats["anova"]["effects"]] == [
+        e.p for e in table.statistics.anova.effects
+    ]
+    assert stats["anova"]["rows"] == ["sgd", "adam"] and stats["anova"]["partial"] is True
+    by_m = stats["spread"]["by_magnitude"]
+    assert by_m["low"] <= by_m["estimate"] <= by_m["high"]
+    assert stats["no_test"] is None and stats["clustering"] is None  # no curves given
+    assert data["notes"][0].startswith("changing M moves top1 by")
+    assert data["notes"][1].startswith("two-way ANOVA (10 runs")
 
 
 def test_unknown_metric_and_format_are_user_errors(sweep):
@@ -375,26 +415,26 @@ def test_a_swept_override_gets_one_table_per_value(tmp_path):
     assert "magnitude.lr=1e-05" in tables[0].title
 
 
-# -- the claim in numbers -------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("rows", "by_m", "ss_m", "ss_d"),
-    [
-        # 3 × 3: SS_M = 3 (10^2 + 0 + 10^2) = 600, SS_D = 3 (1 + 0 + 1) = 6
-        ([0.0, 10.0, 20.0], 20.0, 600.0, 6.0),
-        # 2 × 3, grand mean 4: SS_M = 3 (3^2 + 3^2) = 54, SS_D = 2 (1 + 0 + 1) = 4
-        ([0.0, 6.0], 6.0, 54.0, 4.0),
-    ],
-)
-def test_spread_of_an_additive_grid(rows, by_m, ss_m, ss_d):
-    x = np.array(rows)[:, None] + np.array([0.0, 1.0, 2.0])[None, :]
-    result = spread(pd.DataFrame(x, index=OPTIMIZERS[: len(rows)], columns=OPTIMIZERS))
-    assert result.by_magnitude == pytest.approx(by_m) and result.by_direction == pytest.approx(2.0)
-    assert result.share_magnitude == pytest.approx(ss_m / (ss_m + ss_d))
-    assert result.share_direction == pytest.approx(ss_d / (ss_m + ss_d))
-    assert result.share_interaction == pytest.approx(0.0, abs=1e-12)
-    assert not result.partial
+def test_a_swept_override_gets_the_clustering_of_its_own_runs(tmp_path):
+    entries = []
+    for lr in ("0.1", "0.01"):
+        for m in ("sgd", "adam"):
+            for seed in (0, 1):
+                entry = {"run_id": f"{m}+{m}-lr{lr}-s{seed}", "magnitude": m, "direction": m}
+                entry |= {"seed": seed, "overrides": [f"+magnitude.lr={lr}", f"seed={seed}"]}
+                status = "diverged" if (lr, m, seed) == ("0.1", "adam", 1) else "done"
+                write_run(tmp_path, entry, status, {"top1": 50.0 + seed}, curves=True)
+                entries.append(entry)
+    write_manifest(tmp_path, entries)
+    runs = collect(tmp_path)[0]
+    curves = load_curves(tmp_path, kinds=("train",), runs=runs)[0]
+    tables = build_tables(runs, ["top1"], curves=curves)
+    assert [t.where["overrides.magnitude.lr"] for t in tables] == [0.01, 0.1]
+    assert [t.clustering.left_out for t in tables] == [{}, {"diverged": 1}]
+    assert all(t.clustering.cells == ["sgd#sgd", "adam#adam"] for t in tables)
 
 
+# -- the statistics under a table ----------------------------------------------------------
 def test_spread_with_missing_cells_matches_a_hand_computation(sweep):
     root, finals = sweep
     table = build_tables(collect(root)[0], ["top1"])[0]
@@ -413,27 +453,70 @@ def test_spread_with_missing_cells_matches_a_hand_computation(sweep):
             max(x["adam", d] for d in OPTIMIZERS) - min(x["adam", d] for d in OPTIMIZERS),
         ]
     )
-    # the largest complete block is {sgd, adam} × {sgd, adam}; for a 2 × 2 block [[a, b],
-    # [c, d]]: SS_M = (a + b - c - d)^2 / 4, SS_D = (a - b + c - d)^2 / 4,
-    # SS_MD = (a - b - c + d)^2 / 4
-    a, b, c, d = x["sgd", "sgd"], x["sgd", "adam"], x["adam", "sgd"], x["adam", "adam"]
-    ss_m, ss_d, ss_md = ((a + b - c - d) ** 2, (a - b + c - d) ** 2, (a - b - c + d) ** 2)
-    result = spread(table.mean)
-    assert result.by_magnitude == pytest.approx(by_m) and result.by_direction == pytest.approx(by_d)
-    assert result.share_magnitude == pytest.approx(ss_m / (ss_m + ss_d + ss_md))
-    assert result.share_direction == pytest.approx(ss_d / (ss_m + ss_d + ss_md))
-    assert (result.rows, result.columns, result.partial) == (["sgd", "adam"], ["sgd", "adam"], True)
-    sentence = render([table], "markdown", decimals=1).splitlines()[-1]
-    assert sentence.startswith(f"changing M moves top1 by {by_m:.1f} on average, ")
+    result = table.statistics.spread
+    assert result.by_magnitude.estimate == pytest.approx(by_m)
+    assert result.by_direction.estimate == pytest.approx(by_d)
+    lines = render([table], "markdown", decimals=1).splitlines()
+    sentence = next(line for line in lines if line.startswith("changing M moves"))
+    assert sentence.startswith(f"changing M moves top1 by {by_m:.1f} (95% CI ")
     # amounts keep two significant digits at least: by_d is below 1, so two decimals
-    assert f"changing D by {by_d:.2f}; M explains {ss_m / (ss_m + ss_d + ss_md):.0%}" in sentence
+    assert f"changing D by {by_d:.2f} (95% CI " in sentence
+    anova = next(line for line in lines if line.startswith("two-way ANOVA"))
+    assert "over M in {sgd, adam} × D in {sgd, adam}" in anova
 
 
-def test_spread_needs_two_values():
-    lone = pd.DataFrame([[1.0, np.nan], [np.nan, np.nan]], index=["a", "b"], columns=["a", "b"])
-    result = spread(lone)
-    assert np.isnan(result.by_magnitude) and result.share_magnitude is None
-    assert "too few values" in result.sentence("top1", 1)
+def test_the_complete_block_prefers_more_cells_then_more_rows_then_grid_order():
+    present = np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    assert complete_block(present) == ([0, 1], [0, 1])  # two 2 × 2 blocks: the earlier rows
+    assert complete_block(np.array([[1, 1], [1, 0]], dtype=bool)) == ([0, 1], [0])
+
+
+def test_one_seed_per_cell_reports_no_test(tmp_path):
+    entries = []
+    for i, m in enumerate(OPTIMIZERS):
+        for j, d in enumerate(OPTIMIZERS):
+            entry = {"run_id": run_id(m, d, 0), "magnitude": m, "direction": d, "seed": 0}
+            write_run(tmp_path, entry, "done", {"top1": 90 + i + 0.1 * j}, curves=False)
+            entries.append(entry)
+    write_manifest(tmp_path, entries)
+    table = build_tables(collect(tmp_path)[0], ["top1"])[0]
+    text = render([table])
+    assert "n=1: no test possible" in text and "%" not in text.split("\n\n", 2)[2]
+    assert "One value per cell, so no intervals" in text
+    assert "[" not in text.split("\n\n")[1]  # no interval in any cell
+
+
+def test_decimals_follow_the_spread_not_only_the_largest_value(tmp_path):
+    """99.72 beside 100 with "changing M moves top5 by 0.28" must not print as 100."""
+    entries = []
+    for i, m in enumerate(OPTIMIZERS[:2]):
+        for seed in (0, 1, 2):
+            entry = {"run_id": run_id(m, "sgd", seed), "magnitude": m, "direction": "sgd"}
+            entry["seed"] = seed
+            top5 = 100.0 if i == 0 else 99.72 + 0.2 * (seed - 1)
+            write_run(tmp_path, entry, "done", {"top5": top5}, curves=False)
+            entries.append(entry)
+    write_manifest(tmp_path, entries)
+    table = build_tables(collect(tmp_path)[0], ["top5"])[0]
+    assert decimals_for(table) == 2
+    text = render([table])
+    assert "| 99.72 ± 0.20 [99.22, 100.22] (n=3)" in text  # not "100 ± 0 [99, 100]"
+    assert "| 100.00 ± 0.00 [100.00, 100.00] (n=3)" in text
+    assert "changing M moves top5 by 0.28 (95% CI " in text
+
+
+def test_tables_with_curves_report_the_clustering(sweep):
+    root, _ = sweep
+    runs = collect(root)[0]
+    curves = load_curves(root, kinds=("train",), runs=runs)[0]
+    table = build_tables(runs, ["top1"], curves=curves)[0]
+    clustering = table.clustering
+    assert clustering.left_out == {"diverged": 5, "failed": 2, "unreadable": 2, "running": 1}
+    assert clustering.steps == STEPS
+    text = render([table])
+    assert text.rstrip().splitlines()[-1] == clustering.sentence()
+    data = json.loads(render([table], "json"))[0]["statistics"]["clustering"]
+    assert data["verdict"] == clustering.verdict() and data["cells"] == clustering.cells
 
 
 # -- comparing with reference numbers -------------------------------------------------------
@@ -480,16 +563,3 @@ def test_our_csv_is_a_reference_for_the_same_sweep(sweep, tmp_path):
     differences = comparison.difference.stack().dropna()
     assert len(differences) == int((tables[0].n > 0).to_numpy().sum())
     assert (differences == 0).all()
-
-
-def test_the_variance_split_uses_the_largest_complete_block():
-    nan = np.nan
-    x = [[1.0, 2.0, nan], [3.0, 4.0, 5.0], [nan, 6.0, 9.0]]
-    result = spread(pd.DataFrame(x, index=OPTIMIZERS, columns=OPTIMIZERS))
-    # two 2 × 2 blocks tie; the one with rows earlier in grid order wins
-    assert (result.rows, result.columns) == (["sgd", "adam"], ["sgd", "adam"])
-    # [[1, 2], [3, 4]]: SS_M = (1 + 2 - 3 - 4)^2 / 4 = 4, SS_D = (1 - 2 + 3 - 4)^2 / 4 = 1
-    assert result.share_magnitude == pytest.approx(4 / 5)
-    # a 2 × 1 and a 1 × 2 block tie; more rows win
-    two = pd.DataFrame([[1.0, 2.0], [3.0, nan]], index=OPTIMIZERS[:2], columns=OPTIMIZERS[:2])
-    assert (spread(two).rows, spread(two).columns) == (["sgd", "adam"], ["sgd"])

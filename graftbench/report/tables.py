@@ -1,30 +1,34 @@
 """The paper's M × D tables: magnitude in rows, direction in columns, mean ± std over seeds.
 
-A cell averages the ``done`` runs that report the metric (sample std, ddof=1) and names the
-seeds that do not, e.g. ``75.1 ± 0.3 (n=2, 1 diverged)``. A cell without any value shows the
-status of its runs, most important first (:data:`PRECEDENCE`): ``diverged`` (a result: the
-pair does not train), then ``failed`` and ``unreadable`` (someone must look), ``n/a`` (done,
-but the metric was not recorded), then the transient ``running``/``queued``/``pending`` and
-finally ``missing``. When the runs of a cell disagree the cell shows counts, ``2 diverged,
-1 failed``.
+A cell averages the ``done`` runs that report the metric (sample std, ddof=1), gives the
+confidence interval of that mean (:mod:`graftbench.report.statistics`) and names the seeds that
+do not count, e.g. ``75.10 ± 0.30 [74.35, 75.85] (n=3)`` or ``75.1 (n=1, 2 diverged)``. A cell
+without any value shows the status of its runs, most important first (:data:`PRECEDENCE`):
+``diverged`` (a result: the pair does not train), then ``failed`` and ``unreadable`` (someone
+must look), ``n/a`` (done, but the metric was not recorded), then the transient
+``running``/``queued``/``pending`` and finally ``missing``. When the runs of a cell disagree the
+cell shows counts, ``2 diverged, 1 failed``.
 
-The best cell of each row (the best direction for a magnitude) is bold; the best of each column
-(the best magnitude for a direction) is italic in markdown and underlined in LaTeX. Only rows or
-columns with two or more values get a highlight; ties are all highlighted.
+The best cell of each row (the best direction for a magnitude) is bold, the best of each column
+(the best magnitude for a direction) italic in markdown and underlined in LaTeX, but only when
+its interval overlaps no other cell's of that line; cells whose intervals overlap the best's are
+tied, marked † (row) and ‡ (column). Only rows or columns with two or more values get a mark.
 
-Under each table, the paper's claim in numbers (:func:`spread`).
+Under each table: how far changing M and D moves the metric with bootstrap intervals, the
+two-way ANOVA over seeds (or why there is none), and, when the curves are given, whether the
+training curves cluster by M (:mod:`graftbench.report.clustering`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from graftbench.errors import UserError
+from graftbench.report import statistics
+from graftbench.report.clustering import Clustering, cluster_curves
 from graftbench.report.collect import MISSING, OVERRIDE_PREFIX, UNREADABLE, grid_order
 from graftbench.rundir import Status
 
@@ -41,6 +47,9 @@ EMPTY = "—"  # no run at all for this pair (a grid that is not a full product)
 PRECEDENCE = ("diverged", "failed", UNREADABLE, NO_VALUE, "running", "queued", "pending", MISSING)
 LOWER_IS_BETTER = ("loss", "nll", "ppl", "perplexity", "error", "err")
 PREFERRED_METRICS = (("top1", "top5"), ("bleu",), ("loss",))
+SAMPLE_COLUMNS = ("magnitude", "direction", "seed", "value")
+TIED_IN_ROW, TIED_IN_COLUMN = "†", "‡"
+MAX_DECIMALS = 6
 
 
 # -- naming metrics -------------------------------------------------------------------------
@@ -69,7 +78,9 @@ def default_metrics(runs: pd.DataFrame) -> list[str]:
 @dataclass(frozen=True)
 class GridTable:
     """One metric over the M × D grid. ``mean``/``std``/``n`` are M × D frames (rows in grid
-    order); ``others[(m, d)]`` counts the runs of a cell without a value, by status."""
+    order); ``others[(m, d)]`` counts the runs of a cell without a value, by status;
+    ``samples`` holds the values themselves (columns :data:`SAMPLE_COLUMNS`) and
+    ``clustering`` the clustering of the same runs' training curves, if they were given."""
 
     metric: str
     higher_is_better: bool
@@ -78,6 +89,8 @@ class GridTable:
     n: pd.DataFrame
     others: dict[tuple[str, str], dict[str, int]]
     where: dict[str, Any] = field(default_factory=dict)
+    samples: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SAMPLE_COLUMNS))
+    clustering: Clustering | None = None
 
     @property
     def magnitudes(self) -> list[str]:
@@ -87,14 +100,25 @@ class GridTable:
     def directions(self) -> list[str]:
         return list(self.mean.columns)
 
+    @functools.cached_property
+    def statistics(self) -> statistics.TableStatistics:
+        """Intervals, ties, spread and ANOVA (computed once, on first use)."""
+        return statistics.analyze(self.mean, self.std, self.n, self.samples, self.higher_is_better)
+
     def values(self, magnitude: str, direction: str) -> tuple[float, float, int]:
         """(mean, std, n) of a cell (positional: ``DataFrame.at`` is slow for many cells)."""
-        i, j = self.mean.index.get_loc(magnitude), self.mean.columns.get_loc(direction)
+        i, j = self._position(magnitude, direction)
         return (
             float(self.mean.to_numpy()[i, j]),
             float(self.std.to_numpy()[i, j]),
             int(self.n.to_numpy()[i, j]),
         )
+
+    def interval(self, magnitude: str, direction: str) -> tuple[float, float]:
+        """The confidence interval of a cell's mean (NaN, NaN with fewer than two values)."""
+        i, j = self._position(magnitude, direction)
+        stats = self.statistics
+        return float(stats.low.to_numpy()[i, j]), float(stats.high.to_numpy()[i, j])
 
     def status(self, magnitude: str, direction: str) -> str:
         """``ok`` if the cell has a value, else its most important status (or ``—``)."""
@@ -103,25 +127,18 @@ class GridTable:
         others = self.others.get((magnitude, direction), {})
         return _by_precedence(others)[0] if others else EMPTY
 
-    def best(self, axis: str) -> pd.DataFrame:
-        """Boolean M × D frame: the best cell(s) of each ``row`` or ``column`` that has at
-        least two values."""
-        x = self.mean.to_numpy(dtype=float)
-        along = 1 if axis == "row" else 0
-        enough = (np.isfinite(x).sum(axis=along, keepdims=True) >= 2) & np.isfinite(x)
-        pick = np.fmax if self.higher_is_better else np.fmin
-        best = pick.reduce(x, axis=along, keepdims=True) if x.size else x
-        return pd.DataFrame(enough & (x == best), index=self.mean.index, columns=self.mean.columns)
-
     def text(self, magnitude: str, direction: str, decimals: int) -> str:
-        """``76.3 ± 0.2 (n=3)``, ``75.1 (n=1, 2 diverged)``, ``diverged`` or ``2 diverged,
-        1 failed``."""
+        """``76.30 ± 0.20 [75.80, 76.80] (n=3)``, ``75.1 (n=1, 2 diverged)``, ``diverged`` or
+        ``2 diverged, 1 failed``."""
         mean, std, n = self.values(magnitude, direction)
         others = self.others.get((magnitude, direction), {})
         flags = [f"{others[s]} {s}" for s in _by_precedence(others)]
         if n == 0:
             return next(iter(others)) if len(others) == 1 else ", ".join(flags) or EMPTY
-        value = f"{mean:.{decimals}f}" + (f" ± {std:.{decimals}f}" if n > 1 else "")
+        value = f"{mean:.{decimals}f}"
+        if n > 1:
+            low, high = self.interval(magnitude, direction)
+            value += f" ± {std:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
         return f"{value} ({', '.join([f'n={n}', *flags])})"
 
     @property
@@ -131,11 +148,23 @@ class GridTable:
         better = "higher" if self.higher_is_better else "lower"
         return f"{name} ({which}, {better} is better{'; ' + where if where else ''})"
 
+    @property
+    def name(self) -> str:
+        """The metric without ``final.``/``best.``: ``top1``."""
+        return self.metric.split(".", 1)[1]
 
-def build_tables(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[GridTable]:
+    def _position(self, magnitude: str, direction: str) -> tuple[int, int]:
+        return self.mean.index.get_loc(magnitude), self.mean.columns.get_loc(direction)
+
+
+def build_tables(
+    runs: pd.DataFrame, metrics: Sequence[str] | None = None, curves: pd.DataFrame | None = None
+) -> list[GridTable]:
     """One :class:`GridTable` per metric, and per value of any swept override that varies
     among the runs of one (magnitude, direction, seed), e.g. a learning-rate grid (in
-    ascending order of those values)."""
+    ascending order of those values). ``curves`` (from
+    :func:`~graftbench.report.collect.load_curves`, with the train records) adds the
+    clustering of the training curves of each table's runs."""
     metrics = list(metrics) if metrics else default_metrics(runs)
     reported = [c for c in runs.columns if c.startswith(("final.", "best."))]
     for metric in metrics:
@@ -144,15 +173,37 @@ def build_tables(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> li
             raise UserError(f"no run reports the metric {metric!r}; the runs report: {names}")
     placed = runs[runs["magnitude"].notna() & runs["direction"].notna()]
     split = _split_columns(placed)
-    return [table for metric in metrics for table in _pivot(placed, metric, split)]
+    clusterings = _clusterings(placed, split, curves)
+    return [table for metric in metrics for table in _pivot(placed, metric, split, clusterings)]
 
 
-def build_table(runs: pd.DataFrame, metric: str) -> GridTable:
+def build_table(runs: pd.DataFrame, metric: str, curves: pd.DataFrame | None = None) -> GridTable:
     """Pool all ``runs`` into one M × D table of ``metric``, whatever else they vary in."""
-    return _pivot(runs[runs["magnitude"].notna() & runs["direction"].notna()], metric, [])[0]
+    placed = runs[runs["magnitude"].notna() & runs["direction"].notna()]
+    return _pivot(placed, metric, [], _clusterings(placed, [], curves))[0]
 
 
-def _pivot(runs: pd.DataFrame, metric: str, split: list[str]) -> list[GridTable]:
+def _clusterings(
+    runs: pd.DataFrame, split: list[str], curves: pd.DataFrame | None
+) -> dict[tuple, Clustering | None]:
+    """The clustering of the training curves of each group of ``split`` values."""
+    if curves is None or curves.empty:
+        return {}
+    if not split:
+        return {(): cluster_curves(curves[curves["run_id"].isin(runs["run_id"])])}
+    points = zip(*(runs[c].astype(object) for c in split), strict=True)
+    group_of = dict(zip(runs["run_id"], points, strict=True))
+    keys = curves["run_id"].map(group_of)  # a run outside ``runs``: NaN, left out
+    groups = curves[keys.notna()].groupby(keys[keys.notna()], sort=False)
+    return {_key(key): cluster_curves(group) for key, group in groups}
+
+
+def _pivot(
+    runs: pd.DataFrame,
+    metric: str,
+    split: list[str],
+    clusterings: Mapping[tuple, Clustering | None],
+) -> list[GridTable]:
     """The tables of every group of ``split`` values at once (one groupby, not one per
     group: a 10,000-run learning-rate grid has hundreds of groups)."""
     column = metric_column(metric)
@@ -173,6 +224,7 @@ def _pivot(runs: pd.DataFrame, metric: str, split: list[str]) -> list[GridTable]
     for key, n in counts.items():
         key = _key(key)
         others.setdefault(key[:-3], {}).setdefault(key[-3:-1], {})[key[-1]] = int(n)
+    samples = _samples(runs[has_value], values[has_value], split)
 
     order = {
         name: list(runs[name].cat.categories) if hasattr(runs[name], "cat") else []
@@ -200,9 +252,27 @@ def _pivot(runs: pd.DataFrame, metric: str, split: list[str]) -> list[GridTable]
                 n=n.astype(int),
                 others=group_others,
                 where=dict(zip(split, group, strict=True)),
+                samples=samples.get(group, pd.DataFrame(columns=SAMPLE_COLUMNS)),
+                clustering=clusterings.get(group),
             )
         )
     return tables
+
+
+def _samples(runs: pd.DataFrame, values: pd.Series, split: list[str]) -> dict[tuple, pd.DataFrame]:
+    """The values of each group of ``split`` values as :data:`SAMPLE_COLUMNS` frames."""
+    frame = pd.DataFrame(
+        {
+            "magnitude": runs["magnitude"].astype(object),
+            "direction": runs["direction"].astype(object),
+            "seed": runs["seed"],
+            "value": values,
+        }
+    )
+    if not split:
+        return {(): frame.reset_index(drop=True)}
+    groups = frame.groupby([runs[c].astype(object) for c in split], dropna=False, sort=False)
+    return {_key(key): group.reset_index(drop=True) for key, group in groups}
 
 
 def _key(key: Any) -> tuple:
@@ -229,160 +299,121 @@ def _by_precedence(counts: Mapping[str, int]) -> list[str]:
     return sorted(counts, key=lambda s: (rank.get(s, len(rank)), s))
 
 
-# -- the claim in numbers -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Spread:
-    """How much the cell means move when M changes versus when D changes (the paper's claim:
-    results cluster by M).
-
-    ``by_magnitude``: the mean, over the directions with values for two magnitudes or more, of
-    max - min over magnitudes; ``by_direction``: the mean, over magnitudes, of max - min over
-    directions. ``share_*``: a two-way decomposition of the variance between cell means, on
-    the largest block of cells that all have a value (``rows`` × ``columns``): with grand mean
-    g, row effects r_m and column effects c_d, SS = sum (x - g)^2,
-    share_magnitude = |D| sum r_m^2 / SS, share_direction = |M| sum c_d^2 / SS and
-    share_interaction = the rest. ``None`` when that block is smaller than 2 × 2 or all its
-    cells are equal.
-    """
-
-    by_magnitude: float
-    by_direction: float
-    share_magnitude: float | None
-    share_direction: float | None
-    share_interaction: float | None
-    rows: list[str]
-    columns: list[str]
-    partial: bool  # the shares use only ``rows`` × ``columns``: other cells have no value
-
-    def sentence(self, name: str, decimals: int) -> str:
-        """e.g. ``changing M moves top1 by 4.1 on average, changing D by 0.6; M explains 93%
-        of the variance between cells, D 4% (interaction 3%).``"""
-        if math.isnan(self.by_magnitude) and math.isnan(self.by_direction):
-            return f"too few values to compare the effect of M and D on {name}."
-
-        def amount(x: float) -> str:  # at least two significant digits: 0.19, not 0
-            if math.isnan(x):
-                return "n/a"
-            digits = decimals if x == 0 else max(decimals, 1 - math.floor(math.log10(abs(x))))
-            return f"{x:.{digits}f}"
-
-        def percent(x: float) -> str:
-            return f"{round(x, 2) + 0.0:.0%}"  # + 0.0: a rounded -0.001 prints 0%, not -0%
-
-        text = (
-            f"changing M moves {name} by {amount(self.by_magnitude)} on average, "
-            f"changing D by {amount(self.by_direction)}"
-        )
-        if self.share_magnitude is None:
-            return text + "; too few complete cells to split the variance."
-        text += (
-            f"; M explains {percent(self.share_magnitude)} of the variance between cells, "
-            f"D {percent(self.share_direction)} (interaction {percent(self.share_interaction)})"
-        )
-        if self.partial:
-            text += (
-                f" over the complete cells M in {_names(self.rows)} × D in {_names(self.columns)}"
-            )
-        return text + "."
-
-
-def spread(means: pd.DataFrame) -> Spread:
-    """The :class:`Spread` of an M × D matrix of cell means (NaN where a cell has no value)."""
-    x = means.to_numpy(dtype=float)
-    ranges = [_mean_range(x, axis) for axis in (0, 1)]
-    rows, columns = _complete_block(~np.isnan(x))
-    block = x[np.ix_(rows, columns)]
-    shares: tuple[float | None, ...] = (None, None, None)
-    if block.shape[0] >= 2 and block.shape[1] >= 2:
-        grand = block.mean()
-        total = ((block - grand) ** 2).sum()
-        if total > 0:
-            by_m = block.shape[1] * ((block.mean(axis=1) - grand) ** 2).sum() / total
-            by_d = block.shape[0] * ((block.mean(axis=0) - grand) ** 2).sum() / total
-            shares = (float(by_m), float(by_d), float(1 - by_m - by_d))
-    return Spread(
-        *ranges,
-        *shares,
-        rows=[means.index[i] for i in rows],
-        columns=[means.columns[j] for j in columns],
-        partial=block.shape != x.shape,
-    )
-
-
-def _mean_range(x: np.ndarray, axis: int) -> float:
-    """Mean over the lines across ``axis`` with two values or more of their max - min."""
-    lines = x.T if axis == 0 else x
-    ranges = [np.nanmax(v) - np.nanmin(v) for v in lines if np.isfinite(v).sum() >= 2]
-    return float(np.mean(ranges)) if ranges else math.nan
-
-
-def _complete_block(present: np.ndarray) -> tuple[list[int], list[int]]:
-    """The rows and columns of the largest block of cells that all have a value (ties: more
-    rows, then rows earlier in grid order). Exact search over subsets of rows: a grid has a
-    handful of them."""
-    best: tuple[list[int], list[int]] = ([], [])
-    for size in range(present.shape[0], 0, -1):
-        for rows in combinations(range(present.shape[0]), size):
-            columns = np.flatnonzero(present[list(rows)].all(axis=0)).tolist()
-            if size * len(columns) > len(best[0]) * len(best[1]):
-                best = (list(rows), columns)
-    return best
-
-
-def _names(names: Sequence[str]) -> str:
-    return "{" + ", ".join(names) + "}"
-
-
 # -- rendering ------------------------------------------------------------------------------
-def decimals_for(values: pd.DataFrame | pd.Series) -> int:
-    """Three significant digits for the largest value: 76.3, 2.35, 0.763."""
-    finite = np.abs(values.to_numpy(dtype=float))
+def decimals_for(table: GridTable) -> int:
+    """Three significant digits of the largest value (76.3, 2.35, 0.763), and more where the
+    uncertainty is finer: two significant digits of the typical seed std (the median over
+    cells) and one of the amounts by which changing M or D moves the metric, so 99.72 never
+    shows as 100 next to "changing M moves top5 by 0.28"."""
+    finite = np.abs(table.mean.to_numpy(dtype=float))
     finite = finite[np.isfinite(finite) & (finite > 0)]
-    return max(0, 2 - math.floor(math.log10(finite.max()))) if finite.size else 2
+    if not finite.size:
+        return 2
+    decimals = [max(0, 2 - math.floor(math.log10(finite.max())))]
+    std = table.std.to_numpy(dtype=float)
+    std = std[np.isfinite(std) & (std > 0)]
+    if std.size:
+        decimals.append(statistics.two_significant(float(np.median(std))))
+    spread = table.statistics.spread
+    for amount in (spread.by_magnitude.estimate, spread.by_direction.estimate):
+        if math.isfinite(amount) and amount > 0:
+            decimals.append(statistics.two_significant(amount) - 1)
+    return min(max(decimals), MAX_DECIMALS)
 
 
 def render(tables: Sequence[GridTable], fmt: str = "markdown", decimals: int | None = None) -> str:
     """All ``tables`` in one text: ``markdown`` or ``latex`` (a table, its legend and the
-    claim per metric), ``csv`` (one tidy row per cell, full precision) or ``json``."""
+    statistics per metric), ``csv`` (one tidy row per cell, full precision) or ``json`` (the
+    cells and every statistic)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return pd.DataFrame([c for t in tables for c in _cells(t)]).to_csv(index=False)
     if fmt == "json":
-        return _json([_table_json(t) for t in tables])
+        return _json([_table_json(t, decimals) for t in tables])
     draw = _markdown if fmt == "markdown" else _latex
     return "\n".join(draw(t, _decimals(t, decimals)) for t in tables)
 
 
+def notes(table: GridTable, decimals: int) -> list[str]:
+    """The lines printed under a table: how far changing M and D moves the metric, the ANOVA
+    (or why there is none) and, with curves, their clustering."""
+    stats = table.statistics
+    lines = [
+        statistics.spread_sentence(stats.spread, table.name, decimals),
+        statistics.anova_sentence(stats),
+    ]
+    if table.clustering is not None:
+        lines.append(table.clustering.sentence())
+    return lines
+
+
 def _decimals(table: GridTable, decimals: int | None) -> int:
-    return decimals if decimals is not None else decimals_for(table.mean)
+    return decimals if decimals is not None else decimals_for(table)
 
 
-def _claim(table: GridTable, decimals: int) -> str:
-    return spread(table.mean).sentence(table.metric.split(".", 1)[1], decimals)
+def _legend(table: GridTable, fmt: str) -> str:
+    stats = table.statistics
+    bold, italic = ("\\textbf", "\\underline") if fmt == "latex" else ("**bold**", "*italic*")
+    row, column = (
+        ("$^\\dagger$", "$^\\ddagger$") if fmt == "latex" else (TIED_IN_ROW, TIED_IN_COLUMN)
+    )
+    if not stats.replicated:
+        return (
+            f"{bold}: best D for this M (row); {italic}: best M for this D (column); {row} / "
+            f"{column}: equal to that best. One value per cell, so no intervals: the marks "
+            "rank single values."
+        )
+    level = f"{stats.confidence:.0%}"
+    return (
+        f"{bold}: best D for this M (row), {italic}: best M for this D (column), when its "
+        f"{level} CI overlaps no other cell's in that line; {row} tied for the row's best, "
+        f"{column} for the column's best (CIs overlap). [low, high]: {level} CI of the mean "
+        "(Student t over the cell's seeds)."
+    )
+
+
+def _marked(table: GridTable, decimals: int, fmt: str) -> list[list[str]]:
+    """Each row's magnitude and cell texts, with their best/tied marks."""
+    marks = table.statistics.marks
+    best_row, tied_row, best_column, tied_column = (
+        f.to_numpy()
+        for f in (marks.best_in_row, marks.tied_in_row, marks.best_in_column, marks.tied_in_column)
+    )
+    row_style, column_style = (
+        (lambda t: f"\\textbf{{{t}}}", lambda t: f"\\underline{{{t}}}")
+        if fmt == "latex"
+        else (lambda t: f"**{t}**", lambda t: f"*{t}*")
+    )
+    escape = _tex if fmt == "latex" else str
+    rows = []
+    for i, m in enumerate(table.magnitudes):
+        row = [escape(m)]
+        for j, d in enumerate(table.directions):
+            text = escape(table.text(m, d, decimals))
+            text = column_style(text) if best_column[i, j] else text
+            text = row_style(text) if best_row[i, j] else text
+            ties = TIED_IN_ROW * bool(tied_row[i, j]) + TIED_IN_COLUMN * bool(tied_column[i, j])
+            row.append(f"{text} {escape(ties)}" if ties else text)
+        rows.append(row)
+    return rows
 
 
 def _markdown(table: GridTable, decimals: int) -> str:
-    row_best, column_best = (table.best(axis).to_numpy() for axis in ("row", "column"))
-    rows = []
-    for i, m in enumerate(table.magnitudes):
-        row = [m]
-        for j, d in enumerate(table.directions):
-            text = table.text(m, d, decimals)
-            text = f"*{text}*" if column_best[i, j] else text
-            row.append(f"**{text}**" if row_best[i, j] else text)
-        rows.append(row)
-    body = tabulate(rows, ["M \\ D", *table.directions], tablefmt="pipe", disable_numparse=True)
-    legend = "bold: best D for this M (row); italic: best M for this D (column)."
-    return f"### {table.title}\n\n{body}\n\n{legend}\n{_claim(table, decimals)}\n"
+    body = tabulate(
+        _marked(table, decimals, "markdown"),
+        ["M \\ D", *table.directions],
+        tablefmt="pipe",
+        disable_numparse=True,
+    )
+    lines = [_legend(table, "markdown"), *notes(table, decimals)]
+    return f"### {table.title}\n\n{body}\n\n" + "\n".join(lines) + "\n"
 
 
 def _latex(table: GridTable, decimals: int) -> str:
-    row_best, column_best = (table.best(axis).to_numpy() for axis in ("row", "column"))
     lines = [
         f"% {_tex(table.title)}",
-        "% \\textbf: best direction for the magnitude (row); \\underline: best magnitude for "
-        "the direction (column). Needs \\usepackage{booktabs}.",
+        f"% {_legend(table, 'latex')} Needs \\usepackage{{booktabs}}.",
         f"\\begin{{tabular}}{{l{'c' * len(table.directions)}}}",
         "\\toprule",
         f" & \\multicolumn{{{len(table.directions)}}}{{c}}{{direction $D$}} \\\\",
@@ -390,15 +421,10 @@ def _latex(table: GridTable, decimals: int) -> str:
         " & ".join(["magnitude $M$", *map(_tex, table.directions)]) + " \\\\",
         "\\midrule",
     ]
-    for i, m in enumerate(table.magnitudes):
-        cells = [_tex(m)]
-        for j, d in enumerate(table.directions):
-            text = _tex(table.text(m, d, decimals))
-            text = f"\\underline{{{text}}}" if column_best[i, j] else text
-            cells.append(f"\\textbf{{{text}}}" if row_best[i, j] else text)
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", f"% {_tex(_claim(table, decimals))}", ""]
-    return "\n".join(lines)
+    lines += [" & ".join(row) + " \\\\" for row in _marked(table, decimals, "latex")]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += [f"% {_tex(line)}" for line in notes(table, decimals)]
+    return "\n".join([*lines, ""])
 
 
 _TEX_ESCAPES = {
@@ -415,6 +441,13 @@ _TEX_ESCAPES = {
     "±": r"$\pm$",
     "×": r"$\times$",
     "—": "---",
+    "–": "--",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "α": r"$\alpha$",
+    "η": r"$\eta$",
+    "²": r"$^2$",
+    "Δ": r"$\Delta$",
 }
 
 
@@ -422,14 +455,19 @@ def _tex(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
 
 
-def _cells(table: GridTable) -> list[dict[str, Any]]:
+def _cells(table: GridTable, decimals: int | None = None) -> list[dict[str, Any]]:
     """The tidy rows of a table: one per cell, numbers at full precision."""
-    row_best, column_best = (table.best(axis).to_numpy() for axis in ("row", "column"))
-    decimals = decimals_for(table.mean)
+    marks = table.statistics.marks
+    flags = {
+        name: getattr(marks, name).to_numpy()
+        for name in ("best_in_row", "tied_in_row", "best_in_column", "tied_in_column")
+    }
+    decimals = _decimals(table, decimals)
     cells = []
     for i, m in enumerate(table.magnitudes):
         for j, d in enumerate(table.directions):
             mean, std, n = table.values(m, d)
+            low, high = table.interval(m, d)
             others = table.others.get((m, d), {})
             cells.append(
                 {
@@ -440,18 +478,20 @@ def _cells(table: GridTable) -> list[dict[str, Any]]:
                     "mean": mean,
                     "std": std,
                     "n": n,
+                    "ci_low": low,
+                    "ci_high": high,
                     "status": table.status(m, d),
                     "others": ", ".join(f"{others[s]} {s}" for s in _by_precedence(others)),
-                    "best_in_row": bool(row_best[i, j]),
-                    "best_in_column": bool(column_best[i, j]),
+                    **{name: bool(flag[i, j]) for name, flag in flags.items()},
                     "text": table.text(m, d, decimals),
                 }
             )
     return cells
 
 
-def _table_json(table: GridTable) -> dict[str, Any]:
-    claim = spread(table.mean)
+def _table_json(table: GridTable, decimals: int | None) -> dict[str, Any]:
+    stats = table.statistics
+    clustering = table.clustering
     return {
         "metric": table.metric,
         "higher_is_better": table.higher_is_better,
@@ -460,10 +500,22 @@ def _table_json(table: GridTable) -> dict[str, Any]:
         "directions": table.directions,
         "cells": [
             {**c, "others": table.others.get((c["magnitude"], c["direction"]), {})}
-            for c in _cells(table)
+            for c in _cells(table, decimals)
         ],
-        "spread": dataclasses.asdict(claim),
-        "claim": claim.sentence(table.metric.split(".", 1)[1], _decimals(table, None)),
+        "statistics": {
+            "confidence": stats.confidence,
+            "alpha": stats.alpha,
+            "cell_interval": "Student t over the seeds of each cell",
+            "spread": {
+                **dataclasses.asdict(stats.spread),
+                "interval": f"percentile bootstrap over seeds ({statistics.RESAMPLES} "
+                f"resamples, generator seed {statistics.BOOTSTRAP_SEED})",
+            },
+            "anova": None if stats.anova is None else dataclasses.asdict(stats.anova),
+            "no_test": stats.no_test,
+            "clustering": None if clustering is None else clustering.as_dict(),
+        },
+        "notes": notes(table, _decimals(table, decimals)),
     }
 
 
@@ -571,9 +623,12 @@ def render_comparison(
         return _json(cells)
     name = table.metric.split(".", 1)[1]
     gap = comparison.difference.abs().stack().dropna()
-    notes = [
-        f"ours: {spread(table.mean).sentence(name, decimals)}",
-        "reference: " + spread(comparison.reference.map(reference_value)).sentence(name, decimals),
+    summary = [
+        "ours: " + statistics.spread_sentence(table.statistics.spread, name, decimals),
+        "reference: "
+        + statistics.spread_sentence(
+            statistics.spread(comparison.reference.map(reference_value)), name, decimals
+        ),
         f"mean |ours - reference| over {len(gap)} cells: "
         + (f"{gap.mean():.{decimals}f}" if len(gap) else "n/a"),
     ]
@@ -586,7 +641,7 @@ def render_comparison(
         kinds = ("ours", "ref", "Δ")
         headers = ["M \\ D", *(f"{d} {k}" for d in comparison.directions for k in kinds)]
         body = tabulate(rows, headers, tablefmt="pipe", disable_numparse=True)
-        return f"### {table.title}: ours vs reference\n\n{body}\n\n" + "\n".join(notes) + "\n"
+        return f"### {table.title}: ours vs reference\n\n{body}\n\n" + "\n".join(summary) + "\n"
     k = len(comparison.directions)
     lines = [
         f"% {_tex(table.title)}: ours vs reference",
@@ -600,7 +655,7 @@ def render_comparison(
         *(" & ".join(map(_tex, row)) + " \\\\" for row in rows),
         "\\bottomrule",
         "\\end{tabular}",
-        *(f"% {_tex(note)}" for note in notes),
+        *(f"% {_tex(note)}" for note in summary),
         "",
     ]
     return "\n".join(lines)
