@@ -69,7 +69,7 @@ def train(
             typer.echo(f"# model: {count_parameters(cfg):,} parameters")
             typer.echo(f"# run directory: {run_dir}")
             return
-        runner.prepare_run(cfg)
+        runner.prepare_run(cfg, overrides or [])
     else:
         cfg = runner.load(run_dir, _json(execution), overrides or [])
         if dry_run:
@@ -176,7 +176,8 @@ def table(
     from graftbench.report import collect, tables
 
     runs, problems = collect.collect(sweep_dir)
-    built = tables.build_tables(runs, metric.split(",") if metric else None)
+    curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
+    built = tables.build_tables(runs, metric.split(",") if metric else None, curves=curves)
     if compare is not None:
         reference = tables.load_reference(compare)
         text = "\n".join(

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field, make_dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore

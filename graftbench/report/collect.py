@@ -117,7 +117,7 @@ def _manifest_runs(root: Path, problems: list[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        manifest = rundir.read_json(path)
+        manifest = rundir.read_any_json(path)
     except RunDirError as err:
         problems.append(f"{err}; listing the run directories instead")
         return []
@@ -125,7 +125,13 @@ def _manifest_runs(root: Path, problems: list[str]) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         problems.append(f"{path}: no list of runs; listing the run directories instead")
         return []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("run_id"), str)]
+    valid = [e for e in entries if isinstance(e, dict) and isinstance(e.get("run_id"), str)]
+    outside = [e["run_id"] for e in valid if not rundir.is_run_id(e["run_id"])]
+    if outside:  # "../x", "/etc": a manifest may come from anyone
+        problems.append(
+            f"{path}: ignored {len(outside)} run id(s) that are not names: {outside[0]!r}"
+        )
+    return [e for e in valid if rundir.is_run_id(e["run_id"])]
 
 
 def _run_dirs(root: Path, planned: list[dict[str, Any]]) -> list[tuple[Path, dict[str, Any], bool]]:
@@ -133,7 +139,11 @@ def _run_dirs(root: Path, planned: list[dict[str, Any]]) -> list[tuple[Path, dic
     directories outside the manifest."""
     if not planned and _is_run_dir(root):
         return [(root, {}, True)]
-    present = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    present = {
+        e.name
+        for e in os.scandir(root)
+        if e.is_dir(follow_symlinks=False) and rundir.is_run_id(e.name)
+    }
     runs = [(root / e["run_id"], e, e["run_id"] in present) for e in planned]
     extra = present - {e["run_id"] for e in planned}
     runs += [(root / name, {}, True) for name in sorted(extra) if _is_run_dir(root / name)]
@@ -194,7 +204,7 @@ def _read_run(path: Path, entry: dict[str, Any], exists: bool) -> tuple[dict[str
 def _read_optional(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(content, None), (None, None) when absent, or (None, the reason it is unreadable)."""
     try:
-        return rundir.read_json(path), None
+        return rundir.read_any_json(path), None
     except RunDirError as err:
         return None, (None if not path.exists() else str(err))
 

@@ -157,7 +157,7 @@ def _claim(
     retry_failed: bool,
     slurm: dict[str, str],
 ) -> tuple[str | None, str | None]:
-    fields = runner.record_fields(spec.config, spec.run_id)
+    fields = runner.record_fields(spec.config, spec.run_id, spec.overrides)
     record = runner.prepare(run_dir, spec.identity, fields, sync=False, create=exists)
     if not exists:
         token = record.create_claimed(fields, sync=False)

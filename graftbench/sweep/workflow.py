@@ -116,7 +116,8 @@ def report(sweep_dir: Path, echo: Echo) -> None:
     from graftbench.report.plots import plot_sweep
 
     runs, _ = collect.collect(sweep_dir)
-    built = tables.build_tables(runs)
+    curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
+    built = tables.build_tables(runs, curves=curves)
     if built:
         echo(tables.render(built))
     written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")

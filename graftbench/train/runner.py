@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,21 @@ def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> 
     return Path(cfg["results_dir"]) / cfg["sweep"]["name"] / (run_id or config.run_id(cfg))
 
 
-def prepare_run(cfg: DictConfig) -> Path:
+def prepare_run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """The run directory of a composed config, prepared (what `graftbench train` does)."""
     run_dir = run_dir_for(cfg)
-    prepare(run_dir, config.identity(cfg), record_fields(cfg, run_dir.name))
+    prepare(run_dir, config.identity(cfg), record_fields(cfg, run_dir.name, overrides))
     return run_dir
 
 
-def record_fields(cfg: DictConfig | dict[str, Any], run_id: str) -> dict[str, Any]:
-    """What run.json says about the run from the start (its id and what it trains)."""
+def record_fields(
+    cfg: DictConfig | dict[str, Any], run_id: str, overrides: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What run.json says about the run from the start: its id, what it trains, and the
+    overrides that made it (a sweep's grid point, or what `train` was given)."""
     return {
         "run_id": run_id,
+        "overrides": list(overrides or []),
         "sweep": cfg["sweep"]["name"],
         "label": config.label(cfg),
         "magnitude": config.short_name(cfg["magnitude"]["name"]),
