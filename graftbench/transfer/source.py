@@ -101,7 +101,9 @@ def from_run(run_dir: Path, kind: str = "static", *, knots: int = DEFAULT_KNOTS)
         "total_steps": total_steps,
     }
     fit = {
-        "method": "median of c" if kind == "static" else "piecewise-linear, least squares on ĉ/c-1",
+        "method": "median of c"
+        if kind == "static"
+        else "piecewise-linear, least squares on the relative residual",
         "knots": 1 if kind == "static" else knots,
         "min_schedule_factor": MIN_SCHEDULE_FACTOR,
         "steps": samples.steps,
