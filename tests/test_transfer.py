@@ -433,6 +433,17 @@ def test_bad_sources_are_one_line_errors_and_write_nothing(tmp_path, case, words
     assert not (tmp_path / "out.json").exists()
 
 
+def test_bad_fit_settings_are_one_line_errors(tmp_path):
+    run = write_run(tmp_path / "run", layer_records()[:3])
+    assert_one_line_error(lambda: transfer.from_run(run, "spline"), "'spline'", "static, piecewise")
+    assert_one_line_error(lambda: transfer.from_run(run, "piecewise", knots=1), "at least 2 knots")
+    assert_one_line_error(
+        lambda: transfer.from_run(run, "piecewise", knots=4), "layer 'w'", "fewer knots"
+    )
+    samples = transfer.read_source(run).samples  # what a plot draws: c per layer and step
+    assert samples.layers["w"].values == pytest.approx([2.0] * 3)
+
+
 def test_steps_per_epoch_from_run_json_rebuilds_a_cut_short_schedule(tmp_path):
     records = layer_records(steps=2 * STEPS)[:STEPS]
     run = write_run(tmp_path / "run", records, epochs=2, run_json_extra={"steps_per_epoch": STEPS})

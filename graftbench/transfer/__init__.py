@@ -26,7 +26,14 @@ from graftbench.transfer.fit import (
     fit_static,
 )
 from graftbench.transfer.schedule_file import KINDS, Transfer, read, write
-from graftbench.transfer.source import default_path, distil, from_run, load
+from graftbench.transfer.source import (
+    Source,
+    default_path,
+    distil,
+    from_run,
+    load,
+    read_source,
+)
 
 __all__ = [
     "DEFAULT_KNOTS",
@@ -36,6 +43,7 @@ __all__ = [
     "Fit",
     "LayerFactor",
     "Series",
+    "Source",
     "Transfer",
     "check_direction",
     "corrections",
@@ -48,5 +56,6 @@ __all__ = [
     "make_scheduler",
     "param_groups",
     "read",
+    "read_source",
     "write",
 ]

@@ -130,7 +130,7 @@ def fit_static(series: Series) -> Fit:
     The median of c is also the median of log c (the log-space centre). Records are evenly
     spaced in steps, so this is the median over training time.
     """
-    values = _usable(series, 1)
+    values = _usable(series)
     multiplier = float(np.median(values))
     return Fit((0.0,), (multiplier,), len(values), {"rel_rmse": _rel_rmse(multiplier, values)})
 
@@ -146,11 +146,11 @@ def fit_piecewise(series: Series, knots: int = DEFAULT_KNOTS) -> Fit:
     """
     if knots < 2:
         raise UserError(f"a piecewise fit needs at least 2 knots, not {knots}")
-    values = _usable(series, knots)
+    values = _usable(series)
     fractions = series.fractions
     if len(np.unique(fractions)) < knots:
         raise UserError(
-            f"{len(np.unique(fractions))} recorded steps cannot place {knots} knots; "
+            f"{len(np.unique(fractions))} steps with a usable ratio cannot place {knots} knots; "
             "use fewer knots or record more often (trainer.layer_log_every_steps)"
         )
     positions = np.linspace(fractions.min(), fractions.max(), knots)
@@ -183,12 +183,9 @@ def interpolate(knots: tuple[float, ...], values: tuple[float, ...], x: float) -
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def _usable(series: Series, needed: int) -> np.ndarray:
-    if len(series.values) < needed:
-        raise UserError(
-            f"{len(series.values)} usable ratios, {needed} needed "
-            f"({series.dropped} were NaN, infinite or zero)"
-        )
+def _usable(series: Series) -> np.ndarray:
+    if not len(series.values):
+        raise UserError(f"no usable ratio ({series.dropped} were NaN, infinite or zero)")
     return series.values
 
 

@@ -9,6 +9,7 @@ plain M#M run, no layer records, a layer without one usable ratio) is a one-line
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,20 @@ from graftbench.optim.schedules import make_schedule
 from graftbench.transfer.fit import (
     DEFAULT_KNOTS,
     MIN_SCHEDULE_FACTOR,
+    Corrections,
     corrections,
     fit_piecewise,
     fit_static,
 )
 from graftbench.transfer.schedule_file import KINDS, Transfer, read, write
 
-__all__ = ["default_path", "distil", "from_run", "load"]
+__all__ = ["Source", "default_path", "distil", "from_run", "load", "read_source"]
+
+
+METHODS = {
+    "static": "median of c",
+    "piecewise": "piecewise-linear least squares on the relative residual",
+}
 
 
 def default_path(run_dir: Path, kind: str) -> Path:
@@ -32,10 +40,18 @@ def default_path(run_dir: Path, kind: str) -> Path:
     return Path(run_dir) / f"transfer-{kind}.json"
 
 
-def from_run(run_dir: Path, kind: str = "static", *, knots: int = DEFAULT_KNOTS) -> Transfer:
-    """The ``kind`` of correction distilled from the grafted run in ``run_dir``."""
-    if kind not in KINDS:
-        raise UserError(f"unknown transfer kind {kind!r}; choose from: {', '.join(KINDS)}")
+@dataclass(frozen=True)
+class Source:
+    """A finished grafted run's correction samples, and what a transfer file says about it."""
+
+    run_dir: Path
+    info: dict[str, Any]  # the transfer file's ``source`` block
+    samples: Corrections
+
+
+def read_source(run_dir: Path) -> Source:
+    """The per-layer correction c = ratio / schedule recorded by the grafted run in ``run_dir``
+    (also what a plot of the discovered schedules draws its points from)."""
     run_dir = Path(run_dir)
     try:
         record = rundir.read_json(run_dir / rundir.RUN)
@@ -80,15 +96,9 @@ def from_run(run_dir: Path, kind: str = "static", *, knots: int = DEFAULT_KNOTS)
         raise UserError(
             f"{run_dir}: every recorded step has a schedule factor below {MIN_SCHEDULE_FACTOR}"
         )
-    layers = {}
-    for name, series in samples.layers.items():
-        try:
-            layers[name] = fit_static(series) if kind == "static" else fit_piecewise(series, knots)
-        except UserError as err:
-            raise UserError(f"{run_dir}: layer {name!r}: {err}") from None
     from graftbench.config import config_hash  # Hydra: only when a transfer is made
 
-    source = {
+    info = {
         "run_id": run_id,
         "config_hash": config_hash(cfg),
         "label": record.get("label", f"{magnitude['name']}#{direction['name']}"),
@@ -100,17 +110,32 @@ def from_run(run_dir: Path, kind: str = "static", *, knots: int = DEFAULT_KNOTS)
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
     }
+    return Source(run_dir, info, samples)
+
+
+def from_run(run_dir: Path, kind: str = "static", *, knots: int = DEFAULT_KNOTS) -> Transfer:
+    """The ``kind`` of correction distilled from the grafted run in ``run_dir``."""
+    if kind not in KINDS:
+        raise UserError(f"unknown transfer kind {kind!r}; choose from: {', '.join(KINDS)}")
+    if kind == "piecewise" and knots < 2:
+        raise UserError(f"a piecewise fit needs at least 2 knots, not {knots}")
+    source = read_source(run_dir)
+    layers = {}
+    for name, series in source.samples.layers.items():
+        try:
+            layers[name] = fit_static(series) if kind == "static" else fit_piecewise(series, knots)
+        except UserError as err:
+            raise UserError(f"{source.run_dir}: layer {name!r}: {err}") from None
+    samples = source.samples
     fit = {
-        "method": "median of c"
-        if kind == "static"
-        else "piecewise-linear, least squares on the relative residual",
+        "method": METHODS[kind],
         "knots": 1 if kind == "static" else knots,
         "min_schedule_factor": MIN_SCHEDULE_FACTOR,
         "steps": samples.steps,
         "dropped_steps": samples.dropped_steps,
         "dropped_ratios": sum(s.dropped for s in samples.layers.values()),
     }
-    return Transfer(kind, layers, source, fit)
+    return Transfer(kind, layers, source.info, fit)
 
 
 def distil(
