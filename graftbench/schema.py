@@ -502,9 +502,12 @@ def _execution_of(schema: type, node: dict[str, Any]) -> dict[str, Any]:
             sub = schema_of(GROUP_OF_KEY[f.name], value.get("name"))
             if sub is not None and (inner := _execution_of(sub, value)):
                 tree[f.name] = inner
-        elif dataclasses.is_dataclass(_field_type(f)) and isinstance(value, dict):
-            if inner := _execution_of(_field_type(f), value):
-                tree[f.name] = inner
+        elif (
+            dataclasses.is_dataclass(_field_type(f))
+            and isinstance(value, dict)
+            and (inner := _execution_of(_field_type(f), value))
+        ):
+            tree[f.name] = inner
     return tree
 
 
