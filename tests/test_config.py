@@ -149,7 +149,7 @@ def test_identity_and_execution_split_the_config():
         (["trainer.epochs=1", "trainer.epochs=2"], "'trainer.epochs' is given twice"),
         (["peak_lr.lion=0.1"], "peak_lr.lion is set but this run uses sgd"),
         (["direction.lr=0.1"], "direction is not set"),
-        (["trainer.batch_size=63", "trainer.devices=2"], "not a multiple of the per-device"),
+        (["trainer.batch_size=63", "trainer.devices=2"], "not a multiple of per-device batch"),
         (
             ["schedule=warmup_exp_decay", "schedule.warmup_steps=3"],
             "set warmup_epochs or warmup_steps, not both",

@@ -35,7 +35,7 @@ from graftbench.report.tables import (
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 SEEDS = (0, 1, 2)
 # (magnitude, direction) -> status of each seed; absent pairs: every seed done.
-# "torn" and "future" are done runs whose summary.json is half-written / of schema 2.
+# "torn" and "future" are done runs whose summary.json is half-written / of a future schema.
 STATUSES = {
     ("sgd", "adam"): ("diverged", "done", "done"),
     ("sgd", "adagrad"): ("diverged", "diverged", "diverged"),
@@ -72,7 +72,8 @@ def write_run(root: Path, entry: dict, status: str, final: dict | None, curves: 
     if status == "torn":
         (path / rundir.SUMMARY).write_text('{"schema_version": 1, "run_id": "x", "fin')
     if status == "future":
-        (path / rundir.SUMMARY).write_text(json.dumps({"schema_version": 2, **identity}))
+        future = {"schema_version": rundir.SCHEMA_VERSION + 1, **identity}
+        (path / rundir.SUMMARY).write_text(json.dumps(future))
     if curves:
         for step in range(STEPS):
             ratio = {"layer.0.weight": 2.0**step, "layer.1.weight": 0.5 + step}
@@ -181,7 +182,7 @@ def test_unreadable_files_become_marked_rows_and_problems(sweep):
     torn, future = run_id("adagrad", "adagrad", 0), run_id("adagrad", "adam", 1)
     assert by_id.at[torn, "status"] == by_id.at[future, "status"] == "unreadable"
     assert "unreadable" in by_id.at[torn, "problem"]
-    assert "schema_version 2 is not supported" in by_id.at[future, "problem"]
+    assert "schema_version 3 is not supported" in by_id.at[future, "problem"]
     assert len(problems) == 2
     assert any(torn in p for p in problems) and any(future in p for p in problems)
     assert by_id.at[torn, "magnitude"] == "adagrad"  # identity still known from the manifest

@@ -168,21 +168,13 @@ def test_lr_ratio_by_definition_transfers_as_2_and_sgd_with_it_is_sgd_at_the_gra
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-SHIPPED_PAIR_IS_PLAIN = pytest.mark.xfail(
-    strict=True,
-    raises=NoRatioRecorded,
-    reason="Graft(sgd 0.1, sgd 0.05) takes the plain shortcut and records no ratio until the "
-    "optim change (ratio = lr_M/lr_D) lands; then remove this mark",
-)
-
-
 @pytest.mark.parametrize(
     "direction",
     [
         pytest.param(
             functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9), id="generic-torch-sgd"
         ),
-        pytest.param(SGD_D, id="shipped-sgd", marks=SHIPPED_PAIR_IS_PLAIN),
+        pytest.param(SGD_D, id="shipped-sgd"),
     ],
 )
 def test_grafted_sgd_pair_transfers_as_2_and_sgd_reproduces_its_weights(tmp_path, direction):
@@ -293,20 +285,20 @@ def test_file_is_deterministic_versioned_and_round_trips(tmp_path):
 def test_a_real_grafted_run_transfers_onto_its_own_model(tmp_path):
     from graftbench import config
     from graftbench.train import runner
-    from graftbench.train.tasks import build
-    from tests.train_helpers import QUICK
+    from graftbench.models import build_model
+    from tests.train_helpers import QUICK, merged
 
     overrides = ["magnitude=adagrad", "direction=sgd", "trainer.layer_log_every_steps=2"]
-    cfg = config.compose([*QUICK, f"results_dir={tmp_path}", *overrides])
-    run = runner.prepare(cfg, overrides)
-    assert runner.execute(run) == 0
+    cfg = config.compose(merged(QUICK, f"results_dir={tmp_path}", *overrides))
+    run = runner.prepare_run(cfg, overrides)
+    assert runner.execute(run, cfg) == 0
     for kind in transfer.KINDS:
         t, path = transfer.distil(run, kind)
         assert path.parent == run and t.source["config_hash"] == run.name.rsplit("-", 1)[1]
         assert t.fit["steps"] == 11 and t.source["total_steps"] == 22
         assert all(v > 0 for fit in t.layers.values() for v in fit.values)
     with torch.device("meta"):
-        model = build(cfg.model)
+        model = build_model(cfg.model)
     schedule = make_schedule(t.source["schedule"], steps_per_epoch=22, total_steps=22)
     groups, factors = transfer.param_groups(model.named_parameters(), t, schedule, 22)
     assert len(groups) == len(factors) == len(list(model.parameters())) == len(t.layers)
