@@ -284,8 +284,8 @@ def test_file_is_deterministic_versioned_and_round_trips(tmp_path):
 
 def test_a_real_grafted_run_transfers_onto_its_own_model(tmp_path):
     from graftbench import config
-    from graftbench.train import runner
     from graftbench.models import build_model
+    from graftbench.train import runner
     from tests.train_helpers import QUICK, merged
 
     overrides = ["magnitude=adagrad", "direction=sgd", "trainer.layer_log_every_steps=2"]
