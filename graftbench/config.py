@@ -168,7 +168,7 @@ def check_run(container: dict[str, Any]) -> None:
         make_schedule(container["schedule"], total_steps=1)
     except ValueError as err:
         raise UserError(str(err)) from None
-    from graftbench.train.tasks import validate
+    from graftbench.train.batching import validate
 
     validate(container, container["trainer"]["devices"])
 

@@ -166,6 +166,9 @@ class RunRecord:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.path = run_dir / rundir.RUN
+        # one lock for the records of a sweep folder: no lock file per run (creating a file in
+        # each of 10,000 folders costs more than everything else a sweep prepares)
+        self.lock = records_lock(run_dir.parent)
 
     def read(self) -> dict[str, Any]:
         return rundir.read_json(self.path)
@@ -184,6 +187,7 @@ class RunRecord:
                 else {**fields, "status": Status.PENDING, "created_at": rundir.now()}
             ),
             sync=sync,
+            lock=self.lock,
         )
 
     def create_claimed(self, fields: dict[str, Any], *, sync: bool = True) -> str | None:
@@ -204,6 +208,7 @@ class RunRecord:
                 }
             ),
             sync=sync,
+            lock=self.lock,
         )
         return token if (created.get("owner") or {}).get("token") == token else None
 
@@ -232,7 +237,7 @@ class RunRecord:
                 }
             return None
 
-        rundir.update_json(self.path, change, sync=sync)
+        rundir.update_json(self.path, change, sync=sync, lock=self.lock)
         return (None, outcome["skip"]) if "skip" in outcome else (token, None)
 
     def launched(self, token: str, **fields: Any) -> None:
@@ -341,11 +346,19 @@ class RunRecord:
     def _change(self, change: Any) -> dict[str, Any]:
         if not self.path.exists():
             raise RunDirError(f"{self.path}: missing")
-        return rundir.update_json(self.path, change)
+        return rundir.update_json(self.path, change, lock=self.lock)
 
 
 class AlreadyFinished(Exception):
     """The run is done or diverged: nothing to do."""
+
+
+RECORDS_LOCK = ".records.lock"
+
+
+def records_lock(folder: Path) -> Path:
+    """The lock serialising every record transition of the runs in ``folder``."""
+    return folder / RECORDS_LOCK
 
 
 def _owner(token: str | None) -> dict[str, Any]:

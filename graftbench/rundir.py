@@ -32,10 +32,10 @@ value: ``loss``, ``top1``, ``top5``, ``bleu``, ...), ``diverged_step``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -129,13 +129,21 @@ def refuse_links(path: Path) -> None:
             raise RunDirError(f"{candidate} is a symbolic link; refusing to write through it")
 
 
+_TEMPORARY = itertools.count()
+
+
 def write_text_atomic(path: Path, text: str, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``text``: a reader sees the old or the new file, never half."""
+    """Replace ``path`` with ``text``: a reader sees the old or the new file, never half.
+    ``sync=False`` leaves flushing to the caller (one ``os.sync`` after many files)."""
     refuse_links(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        os.fchmod(fd, FILE_MODE)
+        fd = os.open(tmp, flags, 0o666)  # the kernel applies the user's umask
+    except FileNotFoundError:  # a new folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             if sync:
@@ -143,7 +151,7 @@ def write_text_atomic(path: Path, text: str, *, sync: bool = True) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -189,29 +197,52 @@ def read_any_json(path: Path) -> dict[str, Any]:
     return read_json(path, versions=READABLE_VERSIONS)
 
 
-def write_yaml(path: Path, data: dict[str, Any], *, sync: bool = True) -> None:
-    payload = {"schema_version": SCHEMA_VERSION, **data}
-    text = yaml.dump(payload, Dumper=_Dumper, sort_keys=False)
-    write_text_atomic(path, text, sync=sync)
+def write_yaml(
+    path: Path,
+    data: dict[str, Any],
+    *,
+    sync: bool = True,
+    cache: dict[tuple[str, int], str] | None = None,
+) -> None:
+    write_text_atomic(path, yaml_text(data, cache), sync=sync)
+
+
+def yaml_text(data: dict[str, Any], cache: dict[tuple[str, int], str] | None = None) -> str:
+    """``data`` as YAML, ``schema_version`` first. ``cache`` keeps the text of top-level values
+    by ``id``: a sweep's configs share most of their subtrees, so each is rendered once (the
+    caller keeps those objects alive while the cache lives)."""
+    parts = [f"schema_version: {SCHEMA_VERSION}\n"]
+    for key, value in data.items():
+        text = (
+            cache.get((key, id(value))) if cache is not None and isinstance(value, dict) else None
+        )
+        if text is None:
+            text = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False)
+            if cache is not None and isinstance(value, dict):
+                cache[(key, id(value))] = text
+        parts.append(text)
+    return "".join(parts)
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     pass
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a few lines of aliases can expand to gigabytes."""
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+
+def _no_aliases(text: str) -> None:
+    """Refuse anchors and aliases: a few lines of aliases can expand to gigabytes."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise yaml.YAMLError(f"aliases are not allowed (line {event.start_mark.line + 1})")
-        return super().compose_node(parent, index)
 
 
 def read_yaml(path: Path, *, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
     try:
-        data = yaml.load(read_text(path), Loader=_NoAliasLoader)
+        text = read_text(path)
+        _no_aliases(text)
+        data = yaml.load(text, Loader=_Loader)
     except (yaml.YAMLError, RecursionError) as err:
         raise RunDirError(f"{path}: unreadable ({_first_line(err)})") from None
     return _checked(path, data, versions)
@@ -233,21 +264,32 @@ def _checked(path: Path, data: Any, versions: tuple[int, ...]) -> dict[str, Any]
     return data
 
 
+_LOCKS: dict[str, FileLock] = {}
+
+
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Serialise read-modify-write of ``path`` across processes (sweep and run)."""
-    lock = path.with_name(f".{path.name}.lock")
+def locked(lock: Path) -> Iterator[None]:
+    """Serialise read-modify-write across processes while holding the file lock ``lock``;
+    re-entrant within a process (a sweep holds its records' lock while it plans)."""
     refuse_links(lock)
-    with FileLock(str(lock), mode=FILE_MODE):
+    key = str(lock)
+    if key not in _LOCKS:
+        _LOCKS[key] = FileLock(key, mode=FILE_MODE)
+    with _LOCKS[key]:
         yield
 
 
 def update_json(
-    path: Path, change: Callable[[dict[str, Any]], dict[str, Any] | None], *, sync: bool = True
+    path: Path,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    *,
+    sync: bool = True,
+    lock: Path | None = None,
 ) -> dict:
-    """Atomically replace ``path`` with ``change(current)``; ``None`` from ``change`` leaves
-    the file alone. Returns what the file holds afterwards."""
-    with locked(path):
+    """Atomically replace ``path`` with ``change(current)`` under ``lock`` (default: a lock file
+    beside ``path``); ``None`` from ``change`` leaves the file alone. Returns what the file
+    holds afterwards."""
+    with locked(lock or path.with_name(f".{path.name}.lock")):
         current = read_json(path) if path.exists() else {}
         new = change(dict(current))
         if new is None:

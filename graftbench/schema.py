@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
@@ -492,29 +493,36 @@ def execution_tree(cfg: dict[str, Any]) -> dict[str, Any]:
     return _execution_of(Config, cfg)
 
 
+@functools.cache
+def _layout(schema: type) -> tuple[tuple[str, Any, type | None], ...]:
+    """Each field of ``schema``: (name, metadata, its nested schema or None). A group's
+    option (``model`` under the top level) is looked up from the value's ``name``."""
+    out = []
+    for f in dataclasses.fields(schema):
+        kind = f.type
+        if isinstance(kind, str):  # postponed annotations: look the name up here
+            kind = globals().get(kind)
+        out.append((f.name, f.metadata, kind if dataclasses.is_dataclass(kind) else None))
+    return tuple(out)
+
+
+def _nested(schema: type, name: str, nested: type | None, value: Any) -> type | None:
+    if not isinstance(value, dict):
+        return None
+    if schema is Config and name in GROUP_OF_KEY:
+        return schema_of(GROUP_OF_KEY[name], value.get("name"))
+    return nested
+
+
 def _execution_of(schema: type, node: dict[str, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for f in dataclasses.fields(schema):
-        value = node.get(f.name) if isinstance(node, dict) else None
-        if f.metadata.get("execution"):
-            tree[f.name] = None
-        elif f.name in GROUP_OF_KEY and isinstance(value, dict):
-            sub = schema_of(GROUP_OF_KEY[f.name], value.get("name"))
-            if sub is not None and (inner := _execution_of(sub, value)):
-                tree[f.name] = inner
-        elif (
-            dataclasses.is_dataclass(_field_type(f))
-            and isinstance(value, dict)
-            and (inner := _execution_of(_field_type(f), value))
-        ):
-            tree[f.name] = inner
+    for name, meta, nested in _layout(schema):
+        value = node.get(name) if isinstance(node, dict) else None
+        if meta.get("execution"):
+            tree[name] = None
+        elif (sub := _nested(schema, name, nested, value)) and (inner := _execution_of(sub, value)):
+            tree[name] = inner
     return tree
-
-
-def _field_type(f: dataclasses.Field) -> Any:
-    if isinstance(f.type, str):  # postponed annotations: look the name up here
-        return globals().get(f.type)
-    return f.type
 
 
 def split(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -556,22 +564,37 @@ def check_bounds(cfg: dict[str, Any]) -> str | None:
 
 
 def _bounds(schema: type, node: dict[str, Any], prefix: str) -> str | None:
-    for f in dataclasses.fields(schema):
-        if not isinstance(node, dict) or f.name not in node:
+    for name, meta, nested in _layout(schema):
+        if name not in node:
             continue
-        value, key = node[f.name], f"{prefix}{f.name}"
-        sub = None
-        if f.name in GROUP_OF_KEY and isinstance(value, dict) and schema is Config:
-            sub = schema_of(GROUP_OF_KEY[f.name], value.get("name"))
-        elif dataclasses.is_dataclass(_field_type(f)):
-            sub = _field_type(f)
-        if sub is not None and isinstance(value, dict):
-            if problem := _bounds(sub, value, f"{key}."):
+        value = node[name]
+        sub = _nested(schema, name, nested, value)
+        if sub is not None:
+            if problem := _bounds(sub, value, f"{prefix}{name}."):
                 return problem
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if problem := _out_of_bounds(key, item, f.metadata):
-                return problem
+        elif problem := _values_out_of_bounds(f"{prefix}{name}", value, meta):
+            return problem
+    return None
+
+
+def check_key_bounds(cfg: dict[str, Any], dotted: str, value: Any) -> str | None:
+    """The bounds of one key (``trainer.epochs``) for ``value``, as in ``cfg``'s schema."""
+    schema, node = Config, cfg
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        found = next((entry for entry in _layout(schema) if entry[0] == part), None)
+        sub = found and _nested(schema, part, found[2], node.get(part))
+        if not sub:
+            return None  # a free mapping (peak_lr) or no schema: nothing to check
+        schema, node = sub, node[part]
+    meta = next((m for name, m, _ in _layout(schema) if name == leaf), None)
+    return None if meta is None else _values_out_of_bounds(dotted, value, meta)
+
+
+def _values_out_of_bounds(key: str, value: Any, meta: Any) -> str | None:
+    for item in value if isinstance(value, list) else [value]:
+        if problem := _out_of_bounds(key, item, meta):
+            return problem
     return None
 
 

@@ -18,9 +18,10 @@ from graftbench import config, rundir
 from graftbench.errors import UserError
 from graftbench.record import Exit
 from graftbench.train import checkpoint
+from graftbench.train.batching import split_batch, validate
 from graftbench.train.distributed import Dist
 from graftbench.train.engine import Engine, numerics
-from graftbench.train.tasks import ClassificationTask, split_batch, validate
+from graftbench.train.tasks import ClassificationTask
 from tests.train_helpers import QUICK, checkpoint_step, merged, train_in_process
 
 # 2 epochs of 22 steps; train logs every 2 steps, layer logs every 5, checkpoints every 4 steps

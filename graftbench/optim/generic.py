@@ -22,10 +22,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+from graftbench.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from graftbench.optim.rules import Rule, _import
 

@@ -23,17 +23,24 @@ viewed as matrices) plus ``torch.optim.AdamW`` on the rest.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
+from graftbench.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from graftbench.optim.rules import Adam, Rule, Update, _scratch
 
-try:  # torch >= 2.9
-    from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
-except ImportError:  # pragma: no cover - only with an older torch
-    _adjust_lr = _zeropower_via_newtonschulz = None
+
+def _torch_muon() -> tuple[Any, Any]:
+    """torch's own Newton-Schulz iteration and lr adjustment (torch >= 2.9), or (None, None)."""
+    try:
+        from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+    except ImportError:  # pragma: no cover - only with an older torch
+        return None, None
+    return _adjust_lr, _zeropower_via_newtonschulz
+
 
 __all__ = ["Muon"]
 
@@ -60,8 +67,6 @@ class Muon(Rule):
     )
 
     def __init__(self, **hyperparams: Any) -> None:
-        if _zeropower_via_newtonschulz is None:  # pragma: no cover
-            raise ValueError("muon needs torch >= 2.9 (torch.optim.Muon)")
         super().__init__(**hyperparams)
 
     def check(self, hp: dict[str, Any]) -> None:
@@ -100,13 +105,16 @@ class Muon(Rule):
         steps: list[Tensor | None] = [None] * len(params)
         matrices = [i for i, p in enumerate(params) if self._orthogonalised(p, hp)]
         if matrices:
+            adjust_lr, newton_schulz = _torch_muon()
+            if newton_schulz is None:  # pragma: no cover
+                raise ValueError("muon needs torch >= 2.9 (torch.optim.Muon)")
             for i, update in zip(matrices, self._muon(matrices, grads, states, hp), strict=True):
                 rows = params[i].shape[0]
                 cols = params[i].numel() // rows
-                ortho = _zeropower_via_newtonschulz(
+                ortho = newton_schulz(
                     update.reshape(rows, cols), hp["ns_coefficients"], hp["ns_steps"], hp["eps"]
                 )
-                ratio = _adjust_lr(1.0, hp["adjust_lr_fn"], (rows, cols))
+                ratio = adjust_lr(1.0, hp["adjust_lr_fn"], (rows, cols))
                 steps[i] = (ortho if ratio == 1.0 else ortho.mul(ratio)).reshape(params[i].shape)
         rest = [i for i in range(len(params)) if steps[i] is None]
         if rest:

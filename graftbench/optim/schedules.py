@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
+from graftbench.lazy import torch
 
 __all__ = ["SCHEDULES", "Schedule", "make_schedule", "make_scheduler"]
 

@@ -272,12 +272,20 @@ def _in_identity(point: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
 def _check_axis_values(
     resolved: dict[str, Any], axes: dict[str, list[Any]], plain_direction: bool
 ) -> None:
-    """Each axis value checked once (not once per point); axes under the same top-level key
-    (``magnitude.lr`` and ``magnitude.momentum``) checked together, as they may conflict."""
+    """The grid checked without checking every point: the combination once, each axis value
+    against its bounds once, and the axes of a section whose values are checked together
+    (an optimizer's hyperparameters, the schedule, the batch) as their own small product."""
+    config.check_run(resolved)
+    for key, values in axes.items():
+        for value in values:
+            if problem := schema.check_key_bounds(resolved, key, value):
+                raise UserError(problem)
     by_section: dict[str, dict[str, list[Any]]] = {}
     for key, values in axes.items():
-        section = "trainer" if key.split(".")[0] in ("trainer", "data") else key.split(".")[0]
-        by_section.setdefault(section, {})[key] = values
+        section = key.split(".")[0]
+        section = "trainer" if section == "data" else section
+        if section in (*config.ROLES, "schedule", "trainer"):
+            by_section.setdefault(section, {})[key] = values
     for section_axes in by_section.values():
         for point in _product(section_axes):
             config.check_run(_with_point(resolved, point, plain_direction))

@@ -22,7 +22,7 @@ from typing import Any
 
 from graftbench import rundir
 from graftbench.errors import UserError
-from graftbench.record import RunRecord, owner_job, slurm_states
+from graftbench.record import RunRecord, owner_job, records_lock, slurm_states
 from graftbench.rundir import RunDirError
 from graftbench.sweep.grid import Grid, RunSpec
 from graftbench.train import runner
@@ -131,9 +131,25 @@ def plan(grid: Grid, *, retry_failed: bool = False, extend: bool = False) -> Pla
     result = Plan(directory)
     existing = {spec.run_id for spec in grid.runs if (directory / spec.run_id).exists()}
     slurm = slurm_states(_owner_jobs(directory, sorted(existing)))
+    yaml_cache: dict[tuple[str, int], str] = {}  # the runs share most of their config
+    with rundir.locked(records_lock(directory)):  # held once, not once per run
+        _claim_all(grid, directory, existing, result, retry_failed, slurm, yaml_cache)
+    os.sync()  # the files above were written without their own fsync
+    return result
+
+
+def _claim_all(
+    grid: Grid,
+    directory: Path,
+    existing: set[str],
+    result: Plan,
+    retry_failed: bool,
+    slurm: dict[str, str],
+    yaml_cache: dict[tuple[str, int], str],
+) -> None:
     for spec in grid.runs:
         token, skip = _claim(
-            directory / spec.run_id, spec, spec.run_id in existing, retry_failed, slurm
+            directory / spec.run_id, spec, spec.run_id in existing, retry_failed, slurm, yaml_cache
         )
         if token is None:
             result.skip(skip or "unknown", spec.run_id)
@@ -146,8 +162,6 @@ def plan(grid: Grid, *, retry_failed: bool = False, extend: bool = False) -> Pla
                     spec.config["trainer"]["threads"],
                 )
             )
-    os.sync()  # the files above were written without their own fsync
-    return result
 
 
 def _claim(
@@ -156,9 +170,12 @@ def _claim(
     exists: bool,
     retry_failed: bool,
     slurm: dict[str, str],
+    yaml_cache: dict[tuple[str, int], str],
 ) -> tuple[str | None, str | None]:
     fields = runner.record_fields(spec.config, spec.run_id, spec.overrides)
-    record = runner.prepare(run_dir, spec.identity, fields, sync=False, create=exists)
+    record = runner.prepare(
+        run_dir, spec.identity, fields, sync=False, create=exists, yaml_cache=yaml_cache
+    )
     if not exists:
         token = record.create_claimed(fields, sync=False)
         if token is not None:

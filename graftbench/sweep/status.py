@@ -12,7 +12,6 @@ import json
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,14 +45,13 @@ class RunState:
 
 
 def _load(run_dir: Path) -> dict[str, Any] | RunDirError | None:
-    if run_dir.is_symlink():
-        return RunDirError(f"{run_dir}: a symbolic link; not followed")
-    if not (run_dir / rundir.RUN).exists() and not (run_dir / rundir.RUN).is_symlink():
-        return None
     try:
-        return rundir.read_any_json(run_dir / rundir.RUN)
+        return rundir.read_any_json(run_dir / rundir.RUN)  # refuses a linked run.json
     except RunDirError as err:
-        return err
+        if run_dir.is_symlink():
+            return RunDirError(f"{run_dir}: a symbolic link; not followed")
+        missing = not os.path.lexists(run_dir / rundir.RUN)
+        return None if missing else err
 
 
 def _row(
@@ -83,15 +81,26 @@ def _row(
 
 
 def latest(path: Path) -> tuple[int | None, str | None]:
-    """The last step and the newest metric, from the tail of metrics.jsonl."""
+    """The last step and the newest metric, from the tail of metrics.jsonl (a few KB; more
+    only when the tail holds no metric)."""
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None, None
+    with os.fdopen(fd, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail = TAIL_BYTES // 4
+        while True:
+            f.seek(max(0, size - tail))
+            step, metric = _last_step_and_metric(f.read(tail).decode(errors="replace"))
+            if metric is not None or tail >= min(size, TAIL_BYTES):
+                return step, metric
+            tail *= 4
+
+
+def _last_step_and_metric(text: str) -> tuple[int | None, str | None]:
     step, metric = None, None
-    for line in reversed(lines):
+    for line in reversed(text.splitlines()):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -128,22 +137,22 @@ def sweep_runs(sweep_dir: Path) -> list[Path]:
         listed = [sweep_dir / i for i in ids if isinstance(i, str) and rundir.is_run_id(i)]
     except RunDirError:
         pass
-    seen = set(listed)
+    seen = {p.name for p in listed}
     extra = sorted(
-        p
-        for p in sweep_dir.iterdir()
-        if p not in seen and rundir.is_run_id(p.name) and (p / rundir.RUN).exists()
+        entry.name
+        for entry in os.scandir(sweep_dir)
+        if entry.name not in seen and rundir.is_run_id(entry.name) and entry.is_dir()
     )
-    return list(dict.fromkeys(listed)) + extra
+    return list(dict.fromkeys(listed)) + [sweep_dir / name for name in extra]
 
 
 def collect(sweep_dir: Path) -> list[RunState]:
-    """Every run's state: files read in threads (it is I/O), SLURM asked once."""
+    """Every run's state, SLURM asked once. Sequential: the files are small and cached, JSON
+    parsing holds the GIL, and a thread pool measured slower (scripts/bench_sweep.py)."""
     if not sweep_dir.is_dir():
         raise UserError(f"no sweep at {sweep_dir}")
     run_dirs = sweep_runs(sweep_dir)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        records = list(pool.map(_load, run_dirs))
+    records = [_load(run_dir) for run_dir in run_dirs]
     slurm = slurm_states([j for r in records if isinstance(r, dict) and (j := owner_job(r))])
     return [_row(d, r, slurm) for d, r in zip(run_dirs, records, strict=True)]
 

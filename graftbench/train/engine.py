@@ -51,9 +51,10 @@ from graftbench import rundir
 from graftbench.optim import Graft
 from graftbench.optim.schedules import make_schedule, make_scheduler
 from graftbench.train import checkpoint
+from graftbench.train.batching import validate
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum, barrier
 from graftbench.train.logging import RunLogger
-from graftbench.train.tasks import Task, make_task, validate
+from graftbench.train.tasks import Task, make_task
 
 # SIGTERM: preemption or `scontrol requeue`; SIGINT: Ctrl-C; SIGUSR1: a user's "checkpoint and
 # stop"; SIGUSR2: SLURM's warning before the time limit (submitit's --signal)

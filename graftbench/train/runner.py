@@ -19,11 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from graftbench import config, provenance, rundir
+from graftbench import config, rundir
 from graftbench.errors import UserError
 from graftbench.record import AlreadyFinished, Exit, RunRecord
 from graftbench.rundir import RunDirError, Status
-from graftbench.train import distributed
 
 
 def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> Path:
@@ -61,19 +60,27 @@ def prepare(
     *,
     sync: bool = True,
     create: bool = True,
+    yaml_cache: dict[tuple[str, int], str] | None = None,
 ) -> RunRecord:
     """``run_dir`` with ``config.yaml`` (the identity) and a pending record (unless
     ``create`` is false: the caller creates it claimed); an existing directory must hold the
     same identity."""
-    refuse_links(run_dir)
     path = run_dir / rundir.CONFIG
-    if path.exists():
-        stored = _stored_identity(run_dir)
-        if config.identity_hash(stored) != config.identity_hash(identity):
+    try:
+        run_dir.mkdir(parents=True)  # new, and ours: nothing in it to check
+    except FileExistsError:
+        refuse_links(run_dir)
+    except OSError as err:
+        raise UserError(f"cannot create {run_dir}: {err.strerror}") from None
+    if path.exists():  # compared, not used: the stored identity must be this very one
+        same_text = rundir.read_text(path) == rundir.yaml_text(identity, yaml_cache)
+        if not same_text and (
+            config.identity_hash(_stored_data(run_dir)) != config.identity_hash(identity)
+        ):
             raise UserError(f"{run_dir} holds a different run; refusing to overwrite it")
     else:
         try:
-            rundir.write_yaml(path, identity, sync=sync)
+            rundir.write_yaml(path, identity, sync=sync, cache=yaml_cache)
         except (OSError, RunDirError) as err:
             raise UserError(
                 f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
@@ -94,6 +101,11 @@ def refuse_links(run_dir: Path) -> None:
 
 
 def _stored_identity(run_dir: Path) -> dict[str, Any]:
+    """The run's identity from its config.yaml, checked against the schema (as data)."""
+    return config.check_identity(_stored_data(run_dir), str(run_dir / rundir.CONFIG))
+
+
+def _stored_data(run_dir: Path) -> dict[str, Any]:
     path = run_dir / rundir.CONFIG
     try:
         data = rundir.read_yaml(path, versions=rundir.READABLE_VERSIONS)
@@ -105,8 +117,7 @@ def _stored_identity(run_dir: Path) -> dict[str, Any]:
             f"{data.get('schema_version')}): tables, plots and status read it, but it cannot "
             "be resumed; run it again under a new id"
         )
-    stored = {k: v for k, v in data.items() if k != "schema_version"}
-    return config.check_identity(stored, str(path))
+    return {k: v for k, v in data.items() if k != "schema_version"}
 
 
 def load(
@@ -131,7 +142,8 @@ def load(
 
 def execute(run_dir: Path, cfg: DictConfig, token: str | None = None) -> Exit:
     """Train the run in ``run_dir`` as this process's part of it; returns the exit code."""
-    from graftbench.train.engine import Engine  # the heavy imports only when training
+    from graftbench.train import distributed  # the heavy imports (torch) only when training
+    from graftbench.train.engine import Engine
 
     record = RunRecord(run_dir)
     dist = distributed.setup(cfg.trainer.device)
@@ -189,6 +201,8 @@ def execute(run_dir: Path, cfg: DictConfig, token: str | None = None) -> Exit:
 
 
 def _provenance(world_size: int) -> dict[str, Any]:
+    from graftbench import provenance
+
     slurm = {
         key: os.environ[var]
         for key, var in (

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from graftbench.data import build_images
 from graftbench.errors import UserError
 from graftbench.models import build_model
+from graftbench.train.batching import split_batch, token_accumulation
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum
 
 
@@ -73,31 +74,6 @@ def count_parameters(cfg: DictConfig) -> int:
     with torch.device("meta"):
         model = build_model(cfg.model)
     return sum(p.numel() for p in model.parameters())
-
-
-def validate(cfg: DictConfig | dict[str, Any], world_size: int) -> None:
-    """Refuse, with a ``UserError``, a batch that does not split over ``world_size`` processes
-    (the bounds of every setting are the schema's: graftbench/schema.py). Pure: it reads the
-    config and builds no data and no model, so it runs before anything is written."""
-    trainer, data = cfg["trainer"], cfg["data"]
-    if data["task"] == "translation" and data.get("max_tokens"):
-        _token_accumulation(trainer["batch_size"], data["max_tokens"], world_size)
-    else:
-        split_batch(trainer, world_size)
-
-
-def split_batch(trainer: DictConfig, world_size: int) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) giving ``trainer.batch_size`` on ``world_size``.
-
-    Pure (config only): ``validate`` calls it before a run is prepared."""
-    total = trainer["batch_size"]
-    per_device = trainer["per_device_batch_size"] or total // world_size
-    if total <= 0 or per_device <= 0 or total % (per_device * world_size):
-        raise UserError(
-            f"trainer.batch_size={total} is not a multiple of per-device batch {per_device} × "
-            f"{world_size} device(s); set trainer.per_device_batch_size to a divisor"
-        )
-    return per_device, total // (per_device * world_size)
 
 
 class ClassificationTask(Task):
@@ -193,7 +169,7 @@ class TranslationTask(Task):
         self.data = TranslationData(Path(d.root), d.src_lang, d.tgt_lang)
         vocab = self.data.vocab
         if d.max_tokens:
-            self.accum = _token_accumulation(cfg.trainer.batch_size, d.max_tokens, dist.world_size)
+            self.accum = token_accumulation(cfg.trainer.batch_size, d.max_tokens, dist.world_size)
             size = {"max_tokens": d.max_tokens}
         else:
             per_device, self.accum = split_batch(cfg.trainer, dist.world_size)
@@ -292,16 +268,6 @@ class TranslationTask(Task):
         by_index = {i: h for ids, hyps in shares for i, h in zip(ids, hyps, strict=True)}
         references = self.data.references(split)
         return bleu([by_index[i] for i in indices], [references[i] for i in indices])
-
-
-def _token_accumulation(batch_tokens: int, max_tokens: int, world_size: int) -> int:
-    per_step = max_tokens * world_size
-    if batch_tokens % per_step:
-        raise UserError(
-            f"trainer.batch_size={batch_tokens} tokens is not a multiple of data.max_tokens "
-            f"({max_tokens}) × {world_size} device(s)"
-        )
-    return batch_tokens // per_step
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
