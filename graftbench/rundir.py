@@ -1,24 +1,31 @@
 """The run directory: the contract between training and everything after it.
 
     results/<sweep>/sweep.json          the sweep manifest (see ``SWEEP``)
+    results/<sweep>/.records.lock       serialises the run records of the folder
     results/<sweep>/<run-id>/
-        config.yaml     the resolved run config (plus ``schema_version``)
-        run.json        identity, provenance and live status (see ``RUN_FIELDS``)
+        config.yaml     the run's identity (graftbench/schema.py): what it computes
+        run.json        the run record: ids, status, owner, provenance (graftbench/record.py)
         metrics.jsonl   a header line, then one record per event (see ``METRIC_KINDS``)
         summary.json    final and best metrics, written when the run ends
         ckpt/           checkpoints (``last.pt``)
 
-Every file carries ``schema_version``. JSON and YAML files are replaced atomically (temporary
-file in the same directory, fsync, rename), so a reader sees the old or the new content, never
-half of it. ``metrics.jsonl`` is appended one whole line per ``write``; readers ignore a torn
-last line. Readers raise :class:`RunDirError` for a missing, half-written or future-schema file;
-reporting code turns that into a marked cell, never a crash.
+Every file carries ``schema_version`` (2 since config.yaml holds the identity only; tables,
+plots and status also read version 1). JSON and YAML files are replaced atomically (a temporary
+file in the same folder, renamed), with the user's umask; ``metrics.jsonl`` is appended one whole
+line per write and readers ignore a torn last line.
 
-``run.json`` fields: ``run_id``, ``sweep``, ``magnitude``, ``direction``, ``seed``,
-``overrides`` (the grid point), ``task``, ``status`` (a :class:`Status`), ``step``,
-``total_steps``, ``epoch``, ``created_at``/``started_at``/``ended_at``/``heartbeat_at`` (ISO 8601
-UTC), ``error``, ``diverged_step``, ``host``, ``pid``, ``slurm`` (job id, array task), ``git``
-(sha, dirty), ``versions``, ``hardware``.
+A results directory may come from anyone, so every reader is careful: no symbolic link is
+followed (``O_NOFOLLOW``) or written through, files over a size limit are refused, YAML with
+anchors or aliases is refused, run ids that are not plain names (``../x``) are ignored, and
+nothing read is ever instantiated. Readers raise :class:`RunDirError`; reporting code turns it
+into a marked cell, never a crash.
+
+``run.json`` fields: ``run_id``, ``sweep``, ``label``, ``magnitude``, ``direction``, ``seed``,
+``task``, ``overrides``, ``status`` (a :class:`Status`), ``owner`` (token, host, pid),
+``slurm`` (job ids), ``created_at``/``queued_at``/``started_at``/``ended_at`` (ISO 8601 UTC),
+``attempts``, ``step``, ``total_steps``, ``steps_per_epoch``, ``parameters``, ``threads``,
+``cpu_capability``, ``error``, ``interrupted_by``, ``diverged_step``, ``git`` (sha, dirty),
+``versions``, ``hardware``, ``command``.
 
 ``sweep.json`` fields: ``name``, ``created_at``, ``base_overrides`` (applied to every run),
 ``grid`` (swept key -> list of values), ``config_hash`` (of the grid definition), and ``runs``: a
@@ -26,8 +33,8 @@ list of ``{run_id, overrides, magnitude, direction, seed}``, one per grid point,
 A run directory without a manifest around it (a single ``graftbench train``) is still complete.
 
 ``summary.json`` fields: ``run_id``, ``magnitude``, ``direction``, ``seed``, ``task``,
-``status``, ``steps``, ``epochs``, ``wall_time_s``, ``final`` and ``best`` (metric name ->
-value: ``loss``, ``top1``, ``top5``, ``bleu``, ...), ``diverged_step``.
+``status``, ``error``, ``steps``, ``epochs``, ``wall_time_s``, ``final`` and ``best`` (metric
+name -> value: ``loss``, ``top1``, ``top5``, ``bleu``, ...), ``diverged_step``.
 """
 
 from __future__ import annotations

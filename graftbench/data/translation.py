@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from graftbench.errors import UserError
-from graftbench.rundir import SCHEMA_VERSION, write_json
+from graftbench.rundir import write_text_atomic
 
 __all__ = [
     "BatchSampler",
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1  # its own version: prepared data outlives run-directory formats
 SPM_MODEL = "spm.model"
 TRAIN = "train"
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -266,7 +267,8 @@ def _prepare(
             "splits": splits,
             "outputs": {p.name: _sha256(p) for p in sorted(build.iterdir())},
         }
-        write_json(build / MANIFEST, manifest)
+        payload = {"schema_version": MANIFEST_VERSION, **manifest}
+        write_text_atomic(build / MANIFEST, json.dumps(payload, indent=2) + "\n")
         _readable_by_all(build, build / MANIFEST)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); rename cannot replace a directory portably
@@ -274,7 +276,7 @@ def _prepare(
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return {"schema_version": SCHEMA_VERSION, **manifest}
+    return {"schema_version": MANIFEST_VERSION, **manifest}
 
 
 def _readable_by_all(*paths: Path) -> None:
@@ -453,7 +455,7 @@ class TranslationData:
                 f"{self.root} is not prepared translation data (no {MANIFEST}); "
                 "run scripts/prepare_wmt14.py first"
             )
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        if manifest.get("schema_version") != MANIFEST_VERSION:
             raise UserError(f"{self.root / MANIFEST}: unsupported schema_version")
         self.manifest = manifest
         default_src, default_tgt = manifest["languages"]
