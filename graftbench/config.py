@@ -37,9 +37,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from graftbench import schema
+from graftbench import batching, schema
 from graftbench.errors import UserError
-from graftbench.optim.rules import make_rule
+from graftbench.optim.factory import make_rule
 from graftbench.optim.schedules import make_schedule
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -168,9 +168,7 @@ def check_run(container: dict[str, Any]) -> None:
         make_schedule(container["schedule"], total_steps=1)
     except ValueError as err:
         raise UserError(str(err)) from None
-    from graftbench.train.batching import validate
-
-    validate(container, container["trainer"]["devices"])
+    batching.validate(container, container["trainer"]["devices"])
 
 
 def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str]:

@@ -15,10 +15,10 @@ import torch
 from omegaconf import OmegaConf
 
 from graftbench import config, rundir
+from graftbench.batching import split_batch, validate
 from graftbench.errors import UserError
 from graftbench.record import Exit
 from graftbench.train import checkpoint
-from graftbench.train.batching import split_batch, validate
 from graftbench.train.distributed import Dist
 from graftbench.train.engine import Engine, numerics
 from graftbench.train.tasks import ClassificationTask

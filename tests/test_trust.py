@@ -7,6 +7,7 @@ Every test goes through the real CLI (a subprocess) on real run directories.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -292,3 +293,27 @@ def test_unknown_status_in_a_record_does_not_crash_status_or_table(tmp_path, fin
     for command in ("status", "table"):
         result = run(command, str(finished_run.parent), cwd=tmp_path)
         assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_results_of_the_previous_schema_still_read(tmp_path):
+    """Schema 1 run directories (before config.yaml held the identity only): status, table and
+    plot read them; resuming one is refused with one line."""
+    sweep = tmp_path / "old"
+    run_dir = sweep / "adam+sgd-s0-1a2b3c4d"
+    run_dir.mkdir(parents=True)
+    common = {"schema_version": 1, "run_id": run_dir.name, "magnitude": "adam", "direction": "sgd"}
+    (run_dir / rundir.RUN).write_text(json.dumps({**common, "seed": 0, "status": "done"}))
+    summary = {**common, "seed": 0, "status": "done", "final": {"top1": 91.5, "loss": 0.3}}
+    (run_dir / rundir.SUMMARY).write_text(json.dumps(summary))
+    lines = [{"schema_version": 1, "kind": "header"}]
+    lines += [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 6)]
+    (run_dir / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run_dir / rundir.CONFIG).write_text("schema_version: 1\nseed: 0\n")
+    status = run("status", str(sweep), cwd=tmp_path)
+    assert status.returncode == 0 and "1 done" in status.stdout, status.stderr
+    table = run("table", str(sweep), "--metric", "top1", cwd=tmp_path)
+    assert table.returncode == 0 and "91.5" in table.stdout, table.stderr
+    plot = run("plot", str(sweep), cwd=tmp_path)
+    assert plot.returncode == 0 and (sweep / "figures").is_dir(), plot.stderr
+    refused = run("train", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert "older graftbench" in one_line_error(refused)

@@ -6,9 +6,10 @@ Importing this package registers every rule (names and defaults) without importi
 
 from typing import Any
 
+from graftbench.optim.factory import make_rule
 from graftbench.optim.generic import TorchRule
 from graftbench.optim.muon import Muon
-from graftbench.optim.rules import Rule, Update, available, make_rule
+from graftbench.optim.rules import Rule, Update, available
 
 __all__ = ["Graft", "Muon", "Rule", "TorchRule", "Update", "available", "make_rule"]
 

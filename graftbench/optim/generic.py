@@ -29,7 +29,7 @@ from graftbench.lazy import torch
 if TYPE_CHECKING:
     from torch import Tensor
 
-from graftbench.optim.rules import Rule, _import
+from graftbench.optim.rules import Rule, import_optimizer
 
 __all__ = ["SOAP", "Child", "Shampoo", "TorchRule"]
 
@@ -175,7 +175,7 @@ class LibraryRule(TorchRule):
 
     def __init__(self, **hyperparams: Any) -> None:
         try:
-            self.factory = _import(self.library)
+            self.factory = import_optimizer(self.library)
         except ValueError:
             raise ValueError(
                 f"{self.name} needs {self.install}: pip install {self.install}"

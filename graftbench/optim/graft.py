@@ -48,8 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from graftbench.optim.factory import make_rule
 from graftbench.optim.generic import Child, TorchRule
-from graftbench.optim.rules import Rule, Update, fused_kernel_works, make_rule
+from graftbench.optim.rules import Rule, Update, fused_kernel_works
 
 __all__ = ["Graft"]
 

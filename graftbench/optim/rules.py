@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import math
 import os
 import warnings
@@ -53,7 +52,6 @@ __all__ = [
     "allowed_modules",
     "available",
     "fused_kernel_works",
-    "make_rule",
 ]
 
 
@@ -653,42 +651,8 @@ def allowed_modules() -> tuple[str, ...]:
     return _ALLOWED_MODULES + tuple(m.strip() for m in extra if m.strip())
 
 
-def make_rule(spec: Any) -> Rule:
-    """Build a rule from what a user or a config hands us.
-
-    Accepts a rule object; a rule name; a mapping with ``"name"`` plus hyperparameters (what a
-    Hydra config yields); a ``torch.optim.Optimizer`` class or ``functools.partial`` of one; or a
-    mapping whose name is a dotted path to such a class (``"torch.optim.NAdam"``). A dotted path
-    is imported only from the modules :func:`allowed_modules` names: names can come from a results
-    directory someone else wrote, and importing a module runs its code.
-    """
-    from graftbench.optim.generic import TorchRule
-
-    if isinstance(spec, Rule):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if isinstance(spec, Mapping):
-        hyperparams = dict(spec)
-        name = hyperparams.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(
-                f"optimizer spec needs a 'name'; choose from: {', '.join(available())}"
-            )
-        if name in RULES:
-            return RULES[name](**hyperparams)
-        if "." in name:
-            return TorchRule(_import(name), **hyperparams)
-        raise ValueError(
-            f"unknown optimizer {name!r}; choose from: {', '.join(available())} "
-            "(or a dotted path to a torch.optim.Optimizer class)"
-        )
-    if isinstance(spec, functools.partial) or inspect.isclass(spec):
-        return TorchRule(spec)
-    raise ValueError(f"cannot build an update rule from {spec!r}")
-
-
-def _import(path: str) -> Any:
+def import_optimizer(path: str) -> Any:
+    """The optimizer class at a dotted ``path``, imported only from :func:`allowed_modules`."""
     module, _, attr = path.rpartition(".")
     allowed = allowed_modules()
     if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):

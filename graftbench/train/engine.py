@@ -48,10 +48,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from graftbench import rundir
+from graftbench.batching import validate
 from graftbench.optim import Graft
 from graftbench.optim.schedules import make_schedule, make_scheduler
 from graftbench.train import checkpoint
-from graftbench.train.batching import validate
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum, barrier
 from graftbench.train.logging import RunLogger
 from graftbench.train.tasks import Task, make_task

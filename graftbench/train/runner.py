@@ -77,7 +77,7 @@ def prepare(
         if not same_text and (
             config.identity_hash(_stored_data(run_dir)) != config.identity_hash(identity)
         ):
-            raise UserError(f"{run_dir} holds a different run; refusing to overwrite it")
+            raise UserError(f"{path} holds another run than this command's; refusing to use it")
     else:
         try:
             rundir.write_yaml(path, identity, sync=sync, cache=yaml_cache)

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from graftbench.batching import split_batch, token_accumulation
 from graftbench.data import build_images
 from graftbench.errors import UserError
 from graftbench.models import build_model
-from graftbench.train.batching import split_batch, token_accumulation
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum
 
 

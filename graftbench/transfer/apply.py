@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from graftbench.errors import UserError
-from graftbench.optim.rules import make_rule
+from graftbench.optim.factory import make_rule
 from graftbench.optim.schedules import SCHEDULES, Schedule
 from graftbench.transfer.fit import interpolate
 from graftbench.transfer.schedule_file import Transfer
