@@ -3,12 +3,14 @@
 Composing configs, planning a sweep, reading status and tables need the update rules' names and
 defaults but never a tensor; importing torch (a CUDA build) costs seconds and about 500 MB of
 resident memory. The optimizer modules therefore reach torch through :data:`torch`, which
-imports it the first time an attribute is read, and then serves torch's names directly.
+imports it the first time an attribute is read. Every read goes to the real module (a dict
+lookup), so what patches or extends torch later is seen too.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -20,8 +22,7 @@ class LazyModule(ModuleType):
         super().__init__(name)
 
     def __getattr__(self, attr: str) -> Any:
-        module = importlib.import_module(self.__name__)
-        self.__dict__.update(vars(module))  # from now on, plain attribute lookups
+        module = sys.modules.get(self.__name__) or importlib.import_module(self.__name__)
         return getattr(module, attr)
 
 
