@@ -22,7 +22,7 @@ from graftbench.train import checkpoint
 from graftbench.train.distributed import Dist
 from graftbench.train.engine import Engine, numerics
 from graftbench.train.tasks import ClassificationTask
-from tests.train_helpers import QUICK, checkpoint_step, merged, train_in_process
+from tests.train_helpers import QUICK, checkpoint_step, merged, only_run_dir, train_in_process
 
 # 2 epochs of 22 steps; train logs every 2 steps, layer logs every 5, checkpoints every 4 steps
 # and at epoch ends; an evaluation after epoch 1; the final evaluation of the mean of the last
@@ -142,7 +142,7 @@ def test_crash_after_a_resumed_epoch_end_evaluation_logs_it_once(tmp_path, monke
     with monkeypatch.context() as patch:
         signal_at_step(patch, 22, signal.SIGTERM)
         assert train_in_process(tmp_path, *RUN)[0] == Exit.INTERRUPTED
-    run_dir = next(tmp_path.glob("*/*"))
+    run_dir = only_run_dir(tmp_path)
 
     def crash(self):
         raise RuntimeError("the node went away")
@@ -163,7 +163,7 @@ def test_second_ctrl_c_aborts_at_once_keeping_the_last_checkpoint(
         with pytest.raises(KeyboardInterrupt):
             train_in_process(tmp_path, *RUN)
     assert "Ctrl-C: stopping after this step" in capfd.readouterr().err
-    run_dir = next(tmp_path.glob("*/*"))
+    run_dir = only_run_dir(tmp_path)
     assert checkpoint_step(run_dir) == 8  # the interval checkpoint before step 11
     assert train_in_process(tmp_path, *RUN)[0] == Exit.DONE
     assert_same_run(run_dir, reference)

@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     run_dir = only_run_dir(results)
     if kill == signal.SIGTERM:  # preemption: checkpoint, then exit "run me again"
         assert code == Exit.INTERRUPTED
-        assert rundir.read_json(run_dir / rundir.RUN)["status"] == "pending"
+        assert rundir.read_json(run_dir / rundir.RUN)["status"] == "interrupted"
     interrupted_at = checkpoint_step(run_dir)
     assert 0 < interrupted_at < 44
 
@@ -167,15 +167,17 @@ def test_an_undecodable_image_ends_the_run_with_one_line_naming_it(tmp_path):
     bad.write_bytes(bad.read_bytes()[:300])
     result = run(
         "train",
-        *QUICK,
-        "data=imagenet",
-        f"data.root={root}",
-        "data.num_classes=3",
-        "data.crop_size=32",
-        "data.resize_size=36",
-        "data.workers=2",
-        "trainer.batch_size=8",
-        f"results_dir={tmp_path / 'results'}",
+        *merged(
+            QUICK,
+            "data=imagenet",
+            f"data.root={root}",
+            "data.num_classes=3",
+            "data.crop_size=32",
+            "data.resize_size=36",
+            "data.workers=2",
+            "trainer.batch_size=8",
+            f"results_dir={tmp_path / 'results'}",
+        ),
         cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
