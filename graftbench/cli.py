@@ -325,7 +325,14 @@ def table(
     compare: Annotated[
         Path | None, typer.Option(help="Reference numbers in the same M×D layout (CSV).")
     ] = None,
-    decimals: Annotated[int | None, typer.Option(min=0, help="Digits after the point.")] = None,
+    decimals: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Digits after the point (default: as many as the seeds' spread and the "
+            "effects of M and D need).",
+        ),
+    ] = None,
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
@@ -421,7 +428,7 @@ def list_(
     what: Annotated[
         str | None,
         typer.Argument(
-            metavar="[WHAT]",
+            metavar="WHAT",
             help="optimizers, models, data, schedules, experiments, launchers or loggers: "
             "every choice of that group with its keys and their defaults.",
             autocompletion=_complete_list,
