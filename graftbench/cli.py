@@ -1,4 +1,8 @@
-"""The ``graftbench`` command: parse, call, print. The work happens in the modules it calls."""
+"""The ``graftbench`` command: parse, call, print. The work happens in the modules it calls.
+
+Startup stays light (no torch) until a command needs it: shell completion runs this module on
+every Tab, and ``--version`` and ``list`` should answer at once.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +16,170 @@ from omegaconf import OmegaConf
 
 from graftbench.errors import UserError
 
+# Two or three real examples per command (the help's epilog; tests/test_cli.py runs each).
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "train": [
+        (
+            "Adam's step size with SGD's direction, on the demo workload (digits, CPU)",
+            "graftbench train experiment=demo magnitude=adam direction=sgd",
+        ),
+        (
+            "the resolved config and run directory of plain AdaGrad; nothing is trained",
+            "graftbench train experiment=demo magnitude=adagrad trainer.epochs=3 --dry-run",
+        ),
+        (
+            "the paper's ResNet-50 recipe on 8 GPUs",
+            "graftbench train experiment=paper_imagenet magnitude=adam direction=sgd "
+            "data.root=/data/imagenet trainer.devices=8",
+        ),
+    ],
+    "sweep": [
+        ("the demo: every pair of SGD, Adam and AdaGrad", "graftbench sweep experiment=demo"),
+        (
+            "three seeds of the demo grid, listed (27 runs); nothing is launched",
+            "graftbench sweep experiment=demo seed=0,1,2 --dry-run --list",
+        ),
+        (
+            "the paper's ImageNet grid as one SLURM job array",
+            "graftbench sweep experiment=paper_imagenet data.root=/data/imagenet "
+            "launcher=slurm launcher.partition=gpu",
+        ),
+    ],
+    "status": [
+        ("every run of the demo sweep", "graftbench status results/demo"),
+        (
+            "redraw in place every 30 s until every run ends",
+            "graftbench status results/demo --watch --interval 30",
+        ),
+        ("failed runs' messages in full", "graftbench status results/demo --verbose"),
+    ],
+    "table": [
+        ("top-1 and top-5, M in rows, D in columns", "graftbench table results/demo"),
+        (
+            "top-1 as a LaTeX table, for a paper",
+            "graftbench table results/demo --metric top1 --format latex --out top1.tex",
+        ),
+        (
+            "beside reference numbers in the same M x D layout",
+            "graftbench table results/demo --metric top1 --compare reference.csv",
+        ),
+    ],
+    "plot": [
+        ("Figure 1 of the paper for the demo", "graftbench plot results/demo"),
+        (
+            "top-1 curves only, into ./figures",
+            "graftbench plot results/demo --metric top1 --out figures",
+        ),
+    ],
+    "sync": [
+        ("the `wandb sync` command, not run", "graftbench sync results/demo --dry-run"),
+        ("upload the demo's offline W&B runs", "graftbench sync results/demo"),
+    ],
+    "list": [
+        ("every choice of every config group", "graftbench list"),
+        ("each optimizer's hyperparameters and defaults", "graftbench list optimizers"),
+        ("the recipes: experiment=<name>", "graftbench list experiments"),
+    ],
+}
+
+
+def _examples(command: str) -> str:
+    lines = ["Examples:"]
+    for what, line in EXAMPLES[command]:
+        lines += ["", f"  # {what}", f"  {line}"]
+    return "\n".join(lines)
+
+
+class _FlagsAsFlags:
+    """Show a boolean option as a flag (``--dry-run``), not with a ``<bool>`` value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsAsFlags, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_FlagsAsFlags, typer.core.TyperCommand):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Run the learning-rate grafting grid: M's step magnitude with D's step direction.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib import metadata
+
+    from graftbench.provenance import git
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"graftbench {version('graftbench')}")
+    typer.echo(f"torch {version('torch')}")
+    commit = git()
+    if commit["sha"]:
+        typer.echo(f"git {commit['sha']}{' (uncommitted changes)' if commit['dirty'] else ''}")
+    raise typer.Exit()
+
+
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="The package and torch versions, and the git commit of a checkout.",
+        ),
+    ] = False,
+) -> None:
     """Run the learning-rate grafting grid: M's step magnitude with D's step direction."""
+
+
+def _complete_override(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of ``key=value``: group choices (``magnitude=adam``, ``model=``,
+    ``experiment=``, ...) and the top-level keys (``seed=``, ``trainer.epochs=``). Bash splits
+    words at ``=``, so ``magnitude=ad`` may arrive as ``magnitude``, ``=``, ``ad``."""
+    from graftbench import catalog
+
+    before = [str(a) for a in ctx.params.get("overrides") or []]
+    words, current = os.environ.get("COMP_WORDS", "").split(), os.environ.get("COMP_CWORD", "")
+    if current.isdigit() and int(current) < len(words) and words[int(current)] == "=":
+        incomplete = "="  # bash, right after `key=` (the completion hands over "")
+    return catalog.complete(before, incomplete)
 
 
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(help="Hydra overrides, e.g. magnitude=adam direction=sgd trainer.epochs=3"),
+    typer.Argument(
+        metavar="KEY=VALUE",
+        help="Hydra overrides, e.g. magnitude=adam direction=sgd trainer.epochs=3 "
+        "(`graftbench list` shows the choices)",
+        autocompletion=_complete_override,
+        show_default=False,
+    ),
 ]
 
 
-@app.command()
+@app.command(epilog=_examples("train"))
 def train(
     overrides: Overrides = None,
     run_dir: Annotated[
@@ -102,7 +250,7 @@ def _json(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-@app.command()
+@app.command(epilog=_examples("sweep"))
 def sweep(
     overrides: Overrides = None,
     dry_run: Annotated[
@@ -130,15 +278,21 @@ def sweep(
     raise typer.Exit(int(code))
 
 
-@app.command()
+@app.command(epilog=_examples("status"))
 def status(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh until every run ends.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 5.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw in place until every run ends.")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between redraws.")] = 5.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Failed runs' messages in full.")
+    ] = False,
 ) -> None:
-    """A table of the sweep's runs: state, progress, latest metric, SLURM job, elapsed."""
+    """A table of the sweep's runs: state, progress, latest metric, SLURM job, elapsed.
+    It fits the terminal's width: a failed run's message is cut (in full with --verbose)."""
     if not watch:
-        _print_status(sweep_dir)
+        _print_status(sweep_dir, verbose)
         return
     import time
 
@@ -147,16 +301,18 @@ def status(
 
     from graftbench.sweep.status import collect, render
 
-    with Live(auto_refresh=False) as live:
+    with Live(auto_refresh=False, vertical_overflow="crop") as live:
         while True:
             states = collect(sweep_dir)
-            live.update(Text(render(states)), refresh=True)
+            width, height = live.console.size  # read again each time: the terminal may resize
+            text = render(states, width=width, height=height - 1, verbose=verbose)
+            live.update(Text(text, no_wrap=True, overflow="ellipsis"), refresh=True)
             if all(s.status in ("done", "diverged", "failed") for s in states):
                 break
             time.sleep(interval)
 
 
-@app.command()
+@app.command(epilog=_examples("table"))
 def table(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
     metric: Annotated[
@@ -169,13 +325,23 @@ def table(
     compare: Annotated[
         Path | None, typer.Option(help="Reference numbers in the same M×D layout (CSV).")
     ] = None,
-    decimals: Annotated[int | None, typer.Option(min=0, help="Digits after the point.")] = None,
+    decimals: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Digits after the point (default: as many as the seeds' spread and the "
+            "effects of M and D need).",
+        ),
+    ] = None,
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
     from graftbench.report import collect, tables
 
     runs, problems = collect.collect(sweep_dir)
+    if runs.empty:
+        raise UserError(_no_runs(sweep_dir))
+    runs, outside = collect.split_grid(runs)
     curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
     built = tables.build_tables(runs, metric.split(",") if metric else None, curves=curves)
     if compare is not None:
@@ -185,6 +351,13 @@ def table(
         )
     else:
         text = tables.render(built, fmt, decimals)
+    if not outside.empty:
+        listing = tables.render_outside(outside, fmt)
+        if listing:
+            text = f"{text.rstrip()}\n\n{listing}"
+        else:  # csv and json hold the grid's cells only
+            ids = ", ".join(outside["run_id"])
+            problems.append(f"not part of the sweep's grid, so not in the {fmt}: {ids}")
     for problem in problems:
         typer.echo(f"note: {problem}", err=True)
     if out is None:
@@ -194,7 +367,7 @@ def table(
         typer.echo(f"wrote {out}")
 
 
-@app.command()
+@app.command(epilog=_examples("plot"))
 def plot(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
     metric: Annotated[
@@ -217,7 +390,7 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(epilog=_examples("sync"))
 def sync(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
     dry_run: Annotated[
@@ -244,6 +417,31 @@ def sync(
     typer.echo(f"synced {len(offline)} run(s)")
 
 
+def _complete_list(incomplete: str) -> list[str]:
+    from graftbench import catalog
+
+    return [name for name in catalog.LISTS if name.startswith(incomplete)]
+
+
+@app.command("list", epilog=_examples("list"))
+def list_(
+    what: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="WHAT",
+            help="optimizers, models, data, schedules, experiments, launchers or loggers: "
+            "every choice of that group with its keys and their defaults.",
+            autocompletion=_complete_list,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Every choice of every config group, with a one-line description; a group's keys."""
+    from graftbench import catalog
+
+    typer.echo(catalog.overview() if what is None else catalog.details(what))
+
+
 def _finished(run_dir: Path) -> bool:
     from graftbench.record import RunRecord
     from graftbench.rundir import RunDirError
@@ -256,18 +454,49 @@ def _finished(run_dir: Path) -> bool:
         return False  # the runner reports what is wrong with the directory
 
 
-def _print_status(sweep_dir: Path) -> None:
+def _print_status(sweep_dir: Path, verbose: bool) -> None:
     from graftbench.sweep.status import collect, render
 
-    typer.echo(render(collect(sweep_dir)))
+    typer.echo(render(collect(sweep_dir), width=_terminal_width(), verbose=verbose))
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width ($COLUMNS first); None when printing into a pipe or a file."""
+    import shutil
+
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _no_runs(folder: Path) -> str:
+    """What to say about a folder without runs: which folders under it hold some."""
+    from graftbench import rundir
+
+    def holds_runs(path: Path) -> bool:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        if (path / rundir.SWEEP).is_file():
+            return True
+        try:
+            return any((child / rundir.RUN).is_file() for child in path.iterdir())
+        except OSError:
+            return False
+
+    inside = sorted(p.name for p in folder.iterdir() if holds_runs(p))
+    hint = f"; sweeps under it: {', '.join(inside)}" if inside else ""
+    return f"no runs in {folder} (a sweep folder holds <run id>/{rundir.RUN}){hint}"
 
 
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit code 2."""
     from graftbench.rundir import RunDirError
 
+    for command in app.registered_commands:  # every command shows its flags as flags
+        if command.cls in (None, typer.core.TyperCommand):
+            command.cls = _Command
     try:
-        app()
+        app(prog_name="graftbench")
     except UserError as err:
         print(f"graftbench: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -39,18 +39,43 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from graftbench import batching, schema
 from graftbench.errors import UserError
-from graftbench.optim.factory import make_rule
-from graftbench.optim.schedules import make_schedule
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROLES = ("magnitude", "direction")
-
-schema.register()
+# Importing this module loads neither torch nor the update rules (they load on the first
+# composition; torch only when a tensor is needed): shell completion uses it.
 
 
 def groups() -> dict[str, list[str]]:
     """Config group -> its options (file names without ``.yaml``)."""
     return _groups()
+
+
+def description(group: str, name: str) -> str:
+    """The one-line description of ``conf/<group>/<name>.yaml``: its first comment line
+    (after Hydra's ``# @package`` directive)."""
+    try:
+        text = (CONF_DIR / group / f"{name}.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        line = line.lstrip("#").strip()
+        if line and not line.startswith("@package"):
+            return line.rstrip(" ,;:")
+    return ""
+
+
+def option(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` as a run gets it: its schema's defaults with the file's
+    values, composed on the neutral base (interpolations unresolved; an optimizer's ``lr`` and
+    ``weight_decay`` then fall back to the rule's own defaults)."""
+    if name not in groups().get(group, []):
+        raise UserError(f"unknown {group} {name!r}; choose from: {', '.join(groups()[group])}")
+    key, choice = ("magnitude", f"optim@magnitude={name}") if group == "optim" else (group, None)
+    composed = _composed((choice or f"{group}={name}",))
+    return copy.deepcopy(composed if group == "experiment" else composed[key])
 
 
 @cache
@@ -156,6 +181,9 @@ def as_config(container: dict[str, Any]) -> DictConfig:
 
 def check_run(container: dict[str, Any]) -> None:
     """What only code can check: bounds, optimizer hyperparameters, the schedule, the batch."""
+    from graftbench.optim.factory import make_rule
+    from graftbench.optim.schedules import make_schedule
+
     problem = schema.check_bounds(container)
     if problem:
         raise UserError(problem)
@@ -225,6 +253,7 @@ def _composed_cached(choices: tuple[str, ...]) -> DictConfig:
 
 
 def _hydra(overrides: tuple[str, ...]) -> DictConfig:
+    schema.register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -442,6 +471,8 @@ def label(cfg: DictConfig | dict[str, Any]) -> str:
 def check_identity(stored: dict[str, Any], where: str) -> dict[str, Any]:
     """A stored identity checked against the schema: known keys and types only, no
     interpolations, no targets. Returns it as plain data; raises ``UserError``."""
+    from graftbench.optim.factory import make_rule
+
     if _has_interpolation(stored):
         raise UserError(f"{where}: holds an interpolation (${{...}}); a stored config is resolved")
     base = OmegaConf.structured(schema.Config)

@@ -1,4 +1,7 @@
-"""Where a result came from: code version, software, hardware (recorded in run.json)."""
+"""Where a result came from: code version, software, hardware (recorded in run.json; the
+commit is also what `graftbench --version` prints, which is why torch is imported only by the
+functions that ask it).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("graftbench", "torch", "torchvision", "numpy", "hydra-core", "omegaconf", "submitit")
 
 
 def git() -> dict[str, Any]:
-    """The checkout's commit and whether it has uncommitted changes (None outside git)."""
+    """The checkout's commit and whether it has uncommitted changes (None outside a checkout:
+    an installed package is not the commit of whatever repository happens to contain it)."""
+    if not (REPO / ".git").exists():  # a folder, or a file in a git worktree
+        return {"sha": None, "dirty": None}
 
     def run(*args: str) -> str | None:
         try:
@@ -35,6 +39,8 @@ def git() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
+    import torch
+
     found: dict[str, Any] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -47,6 +53,8 @@ def versions() -> dict[str, Any]:
 
 
 def hardware(world_size: int = 1) -> dict[str, Any]:
+    import torch
+
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()

@@ -32,9 +32,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from graftbench.optim.rules import RULES
-from graftbench.optim.schedules import SCHEDULES
-
 
 def setting(
     default: Any,
@@ -370,20 +367,26 @@ def _optimizer_schema(name: str) -> type:
     """A rule's hyperparameters, with its own defaults. ``lr`` comes from the workload's
     ``peak_lr`` table when it names the rule, ``weight_decay`` from the top-level
     ``weight_decay`` when that is set."""
+    from graftbench.optim.rules import RULES
+
     fields: list[tuple[str, Any, Any]] = [("name", str, setting(name, f"the {name} update rule"))]
     for key, default in RULES[name].defaults.items():
-        kind, value = _kind(default), default
+        kind, value, help = _kind(default), default, f"{name}: {key}"
         if key == "lr":
             value = f"${{oc.select:peak_lr.{name},{default!r}}}"
+            help = f"{name}: lr (the workload's peak_lr.{name} when it sets one)"
         elif key == "weight_decay":
             value = f"${{graftbench.fallback:${{weight_decay}},{default!r}}}"
+            help = f"{name}: weight_decay (the top-level weight_decay when set)"
         minimum = 0.0 if key in ("lr", "weight_decay", "eps", "momentum", "lr_decay") else None
-        fields.append((key, kind, setting(_listed(value), f"{name}: {key}", minimum=minimum)))
+        fields.append((key, kind, setting(_listed(value), help, minimum=minimum)))
     return make_dataclass(f"{name}_optimizer", fields)
 
 
 def _schedule_schema(name: str) -> type:
     """A schedule's fields; step counts may be given in epochs too (``warmup_epochs``)."""
+    from graftbench.optim.schedules import SCHEDULES
+
     fields: list[tuple[str, Any, Any]] = [("name", str, setting(name, f"the {name} schedule"))]
     for f in dataclasses.fields(SCHEDULES[name]):
         if f.name == "total_steps":
@@ -452,11 +455,17 @@ GROUP_OF_KEY = {
 }
 
 
+# The optimizer and schedule schemas come from the update rules and schedules: they are built on
+# first use, so that `graftbench --version` and shell completion do not load the rule modules.
 def optimizer_schemas() -> dict[str, type]:
+    from graftbench.optim.rules import RULES
+
     return {name: _optimizer_schema(name) for name in sorted(RULES)}
 
 
 def schedule_schemas() -> dict[str, type]:
+    from graftbench.optim.schedules import SCHEDULES
+
     return {name: _schedule_schema(name) for name in sorted(SCHEDULES)}
 
 
@@ -464,25 +473,32 @@ def schema_of(group: str, name: Any) -> type | None:
     """The schema of a group's option by its ``name`` (None: no schema, e.g. a generic
     torch.optim optimizer given by its dotted path)."""
     if group == "optim":
-        return _OPTIM.get(name)
+        return _optim().get(name)
     if group == "schedule":
-        return _SCHEDULE.get(name)
+        return _schedule().get(name)
     return SCHEMAS[group].get(name)
 
 
-_OPTIM = optimizer_schemas()
-_SCHEDULE = schedule_schemas()
+@functools.cache
+def _optim() -> dict[str, type]:
+    return optimizer_schemas()
 
 
+@functools.cache
+def _schedule() -> dict[str, type]:
+    return schedule_schemas()
+
+
+@functools.cache
 def register() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore (once; before the first composition)."""
     if not OmegaConf.has_resolver("graftbench.fallback"):
         OmegaConf.register_new_resolver(
             "graftbench.fallback", lambda value, default: default if value is None else value
         )
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
-    for group, options in {**SCHEMAS, "optim": _OPTIM, "schedule": _SCHEDULE}.items():
+    for group, options in {**SCHEMAS, "optim": _optim(), "schedule": _schedule()}.items():
         for name, schema in options.items():
             store.store(group=f"schema/{group}", name=name, node=schema)
 

@@ -145,7 +145,9 @@ class Child:
                 state.update(current)
                 optimizer.state[shadow] = state
         saved["group"] = {k: v for k, v in group.items() if k != "params" and k not in library_hp}
-        saved["optimizer"] = {k: v for k, v in optimizer.state.items() if not isinstance(k, torch.Tensor)}
+        saved["optimizer"] = {
+            k: v for k, v in optimizer.state.items() if not isinstance(k, torch.Tensor)
+        }
         if self.direct:
             return None
         torch._foreach_sub_(shadows, params)

@@ -41,6 +41,7 @@ RUN_COLUMNS = (
     "error",
     "problem",
     "path",
+    "in_grid",
 )
 OVERRIDE_PREFIX = "overrides."
 FINISHED = {s.value for s in Status if s.finished}
@@ -52,6 +53,9 @@ def collect(sweep_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]
 
     Columns: :data:`RUN_COLUMNS`, then ``overrides.<key>`` for every swept value of the run's
     grid point, then ``final.<metric>`` and ``best.<metric>`` from ``summary.json``.
+    ``in_grid`` is False for a run directory the sweep's manifest does not list (e.g. a
+    ``graftbench train`` with other settings into the same folder; see :func:`split_grid`);
+    without a manifest every run is the grid.
     ``magnitude`` and ``direction`` are categoricals in grid order. ``status`` is a
     :class:`~graftbench.rundir.Status` value, :data:`MISSING` or :data:`UNREADABLE`.
 
@@ -64,11 +68,20 @@ def collect(sweep_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]
     planned = _manifest_runs(root, problems)
     # Sequential on purpose: the files are small and usually cached, and JSON parsing holds the
     # GIL, so a thread pool measured slower (scripts/bench_report.py).
-    results = [_read_run(*run) for run in _run_dirs(root, planned)]
-    for _, run_problems in results:
+    run_dirs = _run_dirs(root, planned)
+    results = [_read_run(*run) for run in run_dirs]
+    for (row, run_problems), (_, entry, _) in zip(results, run_dirs, strict=True):
+        row["in_grid"] = bool(entry) or not planned
         problems += run_problems
     grid = {name: [e.get(name) for e in planned] for name in ("magnitude", "direction")}
     return _frame([row for row, _ in results], grid), problems
+
+
+def split_grid(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs of the sweep's grid, the other runs found in its folder) of a
+    :func:`collect` frame: tables are built from the first, the second are only listed."""
+    inside = runs["in_grid"].fillna(True).astype(bool)
+    return runs[inside], runs[~inside]
 
 
 def load_curves(

@@ -335,6 +335,32 @@ def render(tables: Sequence[GridTable], fmt: str = "markdown", decimals: int | N
     return "\n".join(draw(t, _decimals(t, decimals)) for t in tables)
 
 
+def render_outside(runs: pd.DataFrame, fmt: str = "markdown") -> str:
+    """The runs in a sweep's folder that its grid does not list (``collect.split_grid``), as a
+    short listing apart from the tables: run id, M, D, seed, status. Markdown, or LaTeX
+    comments; empty for no runs and for csv/json, whose readers expect the cells only."""
+    if runs.empty or fmt not in ("markdown", "latex"):
+        return ""
+    rows = [
+        [
+            run.run_id,
+            *("" if pd.isna(v) else str(v) for v in (run.magnitude, run.direction, run.seed)),
+            run.status,
+        ]
+        for run in runs.itertuples(index=False)
+    ]
+    headers = ["run id", "M", "D", "seed", "status"]
+    title = (
+        f"{len(rows)} run(s) in this folder are not part of the sweep's grid "
+        "(a `graftbench train` with other settings, say); they are not in the tables above"
+    )
+    if fmt == "latex":
+        body = tabulate(rows, headers, disable_numparse=True)
+        return "\n".join([f"% {title}", *(f"% {line}" for line in body.splitlines()), ""])
+    body = tabulate(rows, headers, tablefmt="pipe", disable_numparse=True)
+    return f"### Outside the grid\n\n{title}.\n\n{body}\n"
+
+
 def notes(table: GridTable, decimals: int) -> list[str]:
     """The lines printed under a table: how far changing M and D moves the metric, the ANOVA
     (or why there is none) and, with curves, their clustering."""

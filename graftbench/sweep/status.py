@@ -162,26 +162,100 @@ def counts(states: list[RunState]) -> Counter:
 
 
 COLUMNS = ("run id", "M", "D", "seed", "state", "progress", "latest", "SLURM job", "elapsed")
+LATEST = COLUMNS.index("latest")
+# the run id spells M, D and the seed: those columns go first when a terminal is narrow
+IMPLIED_BY_RUN_ID = ("M", "D", "seed")
+MIN_LATEST = 12  # narrower than this, the latest column is left out rather than cut
+GAP = 2  # spaces between columns (tabulate's "simple" format)
 
 
-def render(states: list[RunState]) -> str:
-    """The status table and a line counting the states (plain text: fast for big sweeps)."""
+def render(
+    states: list[RunState],
+    width: int | None = None,
+    height: int | None = None,
+    verbose: bool = False,
+) -> str:
+    """The status table and a line counting the states (plain text: fast for big sweeps).
+
+    ``width``: no line is longer (the latest metric or a failed run's message is cut, with
+    …, and on a narrow terminal the M, D and seed columns, which the run id repeats, go
+    first). ``height``: at most this many lines (``--watch``: a redraw never scrolls).
+    ``verbose``: the full message of every failed or unreadable run below the table.
+    """
     rows = [
-        (
+        [
             s.run_id,
             s.magnitude or "",
             s.direction or "",
-            "" if s.seed is None else s.seed,
+            "" if s.seed is None else str(s.seed),
             s.status,
             "" if s.step is None else f"{s.step}/{s.total_steps or '?'}",
-            s.problem if s.status in ("failed", "unreadable") and s.problem else s.metric or "",
+            _first_line(s.problem) if _shows_problem(s) else s.metric or "",
             s.slurm_job or "",
             "" if s.elapsed_s is None else _duration(s.elapsed_s),
-        )
+        ]
         for s in states
     ]
     line = ", ".join(f"{n} {status}" for status, n in sorted(counts(states).items()))
-    return f"{tabulate(rows, headers=COLUMNS, disable_numparse=True)}\n{line or 'no runs'}"
+    footer = [line or "no runs"]
+    if verbose:
+        footer += [f"{s.run_id}: {s.status}: {s.problem}" for s in states if _shows_problem(s)]
+    if height is not None and len(rows) > height - 2 - len(footer):  # 2: the table's head
+        shown = max(1, height - 3 - len(footer))
+        footer.insert(0, f"… {len(rows) - shown} more (`graftbench status` without --watch)")
+        rows = rows[:shown]
+    columns = _fitted(rows, width)
+    table = tabulate(
+        [[row[i] for i in columns] for row in rows],
+        headers=[COLUMNS[i] for i in columns],
+        disable_numparse=True,
+    )
+    lines = table.splitlines() + footer[:1]
+    if width is not None:
+        lines = [_cut(text, width) for text in lines]
+    return "\n".join(lines + footer[1:])
+
+
+def _shows_problem(state: RunState) -> bool:
+    return state.status in ("failed", "unreadable") and bool(state.problem)
+
+
+def _fitted(rows: list[list[str]], width: int | None) -> list[int]:
+    """The columns to show (empty ones left out), cutting the latest column's cells in place
+    so the table fits ``width``."""
+    columns = [
+        i
+        for i, name in enumerate(COLUMNS)
+        if name in ("run id", "state") or any(row[i] for row in rows)
+    ]
+    if width is None or not rows:
+        return columns
+
+    def size(i: int) -> int:  # tabulate pads a header by 2
+        return max(len(COLUMNS[i]) + 2, *(len(row[i]) for row in rows))
+
+    def total(shown: list[int]) -> int:
+        return sum(size(i) for i in shown) + GAP * (len(shown) - 1)
+
+    if total(columns) > width:
+        columns = [i for i in columns if COLUMNS[i] not in IMPLIED_BY_RUN_ID]
+    if LATEST in columns and total(columns) > width:
+        room = width - total([i for i in columns if i != LATEST]) - GAP
+        if room < MIN_LATEST:
+            columns.remove(LATEST)  # `--verbose` prints the messages in full
+        else:
+            for row in rows:
+                row[LATEST] = _cut(row[LATEST], room)
+    return columns
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] + (" …" if len(lines) > 1 else "") if lines else ""
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def _duration(seconds: float) -> str:

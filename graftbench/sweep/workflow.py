@@ -116,6 +116,7 @@ def report(sweep_dir: Path, echo: Echo) -> None:
     from graftbench.report.plots import plot_sweep
 
     runs, _ = collect.collect(sweep_dir)
+    runs, _ = collect.split_grid(runs)  # a run of another grid in the folder: not in its table
     curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
     built = tables.build_tables(runs, curves=curves)
     if built:
