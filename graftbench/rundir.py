@@ -232,7 +232,10 @@ def yaml_text(data: dict[str, Any], cache: dict[tuple[str, int], str] | None = N
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    pass
+    """Never anchors and aliases (readers refuse them): a shared object is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -75,3 +75,29 @@ def test_yaml_round_trip(tmp_path):
 
 def test_finished_statuses():
     assert {s for s in Status if s.finished} == {Status.DONE, Status.DIVERGED}
+
+
+def test_yaml_never_writes_aliases_and_never_reads_them(tmp_path):
+    shared = [0.9, 0.999]  # a config's lists can be shared objects (a copied optimizer subtree)
+    path = tmp_path / "config.yaml"
+    rundir.write_yaml(path, {"magnitude": {"betas": shared, "again": shared}})
+    assert "&" not in path.read_text() and "*" not in path.read_text()
+    assert rundir.read_yaml(path)["magnitude"]["again"] == shared
+    path.write_text("schema_version: 2\na: &x [1, 2]\nb: *x\n")
+    with pytest.raises(RunDirError, match="aliases are not allowed"):
+        rundir.read_yaml(path)
+
+
+def test_symlinked_files_are_neither_read_nor_written(tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"schema_version": 2}')
+    link = tmp_path / "run" / "run.json"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    with pytest.raises(RunDirError, match="symbolic link"):
+        rundir.read_json(link)
+    with pytest.raises(RunDirError, match="symbolic link"):
+        rundir.write_json(link, {"status": "done"})
+    with pytest.raises(RunDirError, match="symbolic link"):
+        rundir.append_jsonl(link, {"kind": "train", "step": 1})
+    assert outside.read_text() == '{"schema_version": 2}'
