@@ -218,6 +218,41 @@ def plot(
 
 
 @app.command()
+def transfer(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished grafted run, e.g. results/demo/adagrad+sgd-s0-…")
+    ],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="static: one multiplier per layer (the median of c) | piecewise: "
+            "piecewise-linear in the fraction of training, fitted"
+        ),
+    ] = "static",
+    knots: Annotated[
+        int | None, typer.Option(help="Knots of a piecewise fit (default 4).", min=2)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write here (default: RUN_DIR/transfer-<kind>.json).")
+    ] = None,
+) -> None:
+    """Distil a grafted run's per-layer ||dM||/||dD||, with its schedule divided out, into a
+    schedule for D alone: c(t) = ratio(t) / schedule(t), lr_layer(t) = lr_D · schedule(t) ·
+    c_layer(t). Train it with `graftbench train magnitude=<D> schedule=transferred
+    schedule.source=FILE`."""
+    from graftbench import transfer as transfers
+
+    extra = {} if knots is None else {"knots": knots}
+    made, path = transfers.distil(run_dir, kind, out=out, **extra)
+    typer.echo(f"wrote {path}")
+    typer.echo(made.describe())
+    typer.echo(
+        f"train D with it: graftbench train magnitude={made.direction['name']} "
+        f"schedule=transferred schedule.source={path}"
+    )
+
+
+@app.command()
 def sync(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory, e.g. results/demo")],
     dry_run: Annotated[

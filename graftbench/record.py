@@ -333,9 +333,16 @@ class RunRecord:
         if not ended:
             return
         keys = ("run_id", "label", "magnitude", "direction", "seed", "task")
+        optional = {k: ended[k] for k in ("transfer", "optimizer_state_bytes") if k in ended}
         rundir.write_json(
             self.dir / rundir.SUMMARY,
-            {**{k: ended.get(k) for k in keys}, "status": status, "error": error, **summary},
+            {
+                **{k: ended.get(k) for k in keys},
+                **optional,
+                "status": status,
+                "error": error,
+                **summary,
+            },
         )
 
     def _change(self, change: Any) -> dict[str, Any]:

@@ -6,6 +6,8 @@
         run.json        identity, provenance and live status (see ``RUN_FIELDS``)
         metrics.jsonl   a header line, then one record per event (see ``METRIC_KINDS``)
         summary.json    final and best metrics, written when the run ends
+        transfer.json   a run of D with a transferred schedule: its own copy of the transfer
+                        (graftbench.transfer's format, with its own ``schema_version``)
         ckpt/           checkpoints (``last.pt``)
 
 Every file carries ``schema_version``. JSON and YAML files are replaced atomically (temporary
@@ -18,7 +20,9 @@ reporting code turns that into a marked cell, never a crash.
 ``overrides`` (the grid point), ``task``, ``status`` (a :class:`Status`), ``step``,
 ``total_steps``, ``epoch``, ``created_at``/``started_at``/``ended_at``/``heartbeat_at`` (ISO 8601
 UTC), ``error``, ``diverged_step``, ``host``, ``pid``, ``slurm`` (job id, array task), ``git``
-(sha, dirty), ``versions``, ``hardware``.
+(sha, dirty), ``versions``, ``hardware``, ``optimizer_state_bytes`` (the tensors of the
+optimizer's state after the first step), ``transfer`` (a run with a transferred schedule:
+``source_run_id``, ``source_label``, ``kind``, ``sha256``; also in ``summary.json``).
 
 ``sweep.json`` fields: ``name``, ``created_at``, ``base_overrides`` (applied to every run),
 ``grid`` (swept key -> list of values), ``config_hash`` (of the grid definition), and ``runs``: a
@@ -56,10 +60,11 @@ CONFIG = "config.yaml"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+TRANSFER = "transfer.json"
 CKPT = "ckpt"
 
 # Largest file a reader accepts: a results directory may come from anyone.
-MAX_BYTES = {SWEEP: 512 << 20, CONFIG: 1 << 20, RUN: 4 << 20, SUMMARY: 4 << 20}
+MAX_BYTES = {SWEEP: 512 << 20, CONFIG: 1 << 20, RUN: 4 << 20, SUMMARY: 4 << 20, TRANSFER: 64 << 20}
 MAX_METRICS_BYTES = 4 << 30
 
 # ``kind`` of the records in metrics.jsonl:

@@ -157,8 +157,11 @@ def _claim(
     retry_failed: bool,
     slurm: dict[str, str],
 ) -> tuple[str | None, str | None]:
-    fields = runner.record_fields(spec.config, spec.run_id, spec.overrides)
-    record = runner.prepare(run_dir, spec.identity, fields, sync=False, create=exists)
+    transfer = runner.transfer_of(spec.config)
+    fields = runner.record_fields(spec.config, spec.run_id, spec.overrides, transfer)
+    record = runner.prepare(
+        run_dir, spec.identity, fields, sync=False, create=exists, transfer=transfer
+    )
     if not exists:
         token = record.create_claimed(fields, sync=False)
         if token is not None:

@@ -14,7 +14,13 @@ optimizer state.
     scheduler = make_scheduler(optimizer, factors)
 """
 
-from graftbench.transfer.apply import LayerFactor, check_direction, make_scheduler, param_groups
+from graftbench.transfer.apply import (
+    LayerFactor,
+    check_direction,
+    check_layers,
+    make_scheduler,
+    param_groups,
+)
 from graftbench.transfer.fit import (
     DEFAULT_KNOTS,
     MIN_SCHEDULE_FACTOR,
@@ -46,6 +52,7 @@ __all__ = [
     "Source",
     "Transfer",
     "check_direction",
+    "check_layers",
     "corrections",
     "default_path",
     "distil",
