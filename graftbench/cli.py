@@ -170,21 +170,37 @@ def table(
         Path | None, typer.Option(help="Reference numbers in the same M×D layout (CSV).")
     ] = None,
     decimals: Annotated[int | None, typer.Option(min=0, help="Digits after the point.")] = None,
+    transfer: Annotated[
+        bool,
+        typer.Option(
+            "--transfer",
+            help="Schedule transfer: D alone, M#D and D with the transferred schedule side by "
+            "side, with their optimizer-state memory.",
+        ),
+    ] = False,
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
     from graftbench.report import collect, tables
 
     runs, problems = collect.collect(sweep_dir)
-    curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
-    built = tables.build_tables(runs, metric.split(",") if metric else None, curves=curves)
-    if compare is not None:
-        reference = tables.load_reference(compare)
-        text = "\n".join(
-            tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
-        )
+    metrics = metric.split(",") if metric else None
+    if transfer:
+        from graftbench.report import transfers
+
+        text = transfers.render(transfers.build(runs, metrics), fmt, decimals)
     else:
-        text = tables.render(built, fmt, decimals)
+        if collect.transferred(runs).any():
+            problems.append("runs with a transferred schedule are not M×D cells: see --transfer")
+        curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
+        built = tables.build_tables(runs, metrics, curves=curves)
+        if compare is not None:
+            reference = tables.load_reference(compare)
+            text = "\n".join(
+                tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
+            )
+        else:
+            text = tables.render(built, fmt, decimals)
     for problem in problems:
         typer.echo(f"note: {problem}", err=True)
     if out is None:
