@@ -85,7 +85,10 @@ def plot_sweep(
     curves, problems = load_curves(sweep_dir, kinds=("train", "eval"), runs=runs)
     messages += problems
     if curves.empty:
-        return [], [*messages, f"{sweep_dir}: no metrics recorded yet; nothing to plot"]
+        written, notes = _transfer_figures(sweep_dir, out_dir, every_run, formats)
+        if not written:
+            notes.append(f"{sweep_dir}: no metrics recorded yet; nothing to plot")
+        return written, [*messages, *notes]
     names = eval_metrics(curves, metrics)
     missing = [m for m in metrics or () if m.split(".")[-1] not in names]
     messages += [f"no eval record reports {m!r}; not drawn" for m in missing]
@@ -122,13 +125,22 @@ def plot_sweep(
             messages.append(f"no per-layer ratios recorded for {m}#{d}; no heatmap")
         else:
             written += save(heatmap, out, f"layers_{m}-{d}", formats)
-    if transferred(every_run).any():
-        from graftbench.report.transfer_plots import plot_transfers
+    transfer_files, transfer_messages = _transfer_figures(sweep_dir, out, every_run, formats)
+    return written + transfer_files, messages + transfer_messages
 
-        transfer_files, transfer_messages = plot_transfers(sweep_dir, out, every_run, formats)
-        written += transfer_files
-        messages += transfer_messages
-    return written, messages
+
+def _transfer_figures(
+    sweep_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    runs: pd.DataFrame,
+    formats: Sequence[str],
+) -> tuple[list[Path], list[str]]:
+    """The figures of the runs with a transferred schedule, if there are any."""
+    if not transferred(runs).any():
+        return [], []
+    from graftbench.report.transfer_plots import plot_transfers
+
+    return plot_transfers(sweep_dir, out_dir, runs, formats)
 
 
 def save(

@@ -178,6 +178,8 @@ def build_tables(
             names = ", ".join(c.removeprefix("final.") for c in reported)
             raise UserError(f"no run reports the metric {metric!r}; the runs report: {names}")
     placed = _placed(runs)
+    if placed.empty:  # e.g. a sweep of transferred runs only
+        return []
     split = _split_columns(placed)
     clusterings = _clusterings(placed, split, curves)
     return [table for metric in metrics for table in _pivot(placed, metric, split, clusterings)]

@@ -223,6 +223,10 @@ def _points(
 ) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
     sources = _interpolation_sources(combo)
     fast = not any(_related(key, source) for key in axes for source in sources)
+    if OmegaConf.select(combo, "schedule.name") == schema.TRANSFERRED:
+        # finalize completes a transferred schedule from schedule.source (its content hash,
+        # D's learning rate): a point that changes the schedule is finalized on its own
+        fast = fast and not any(_related(key, "schedule") for key in axes)
     plain_direction = OmegaConf.select(combo, "direction") is None
     if fast:
         resolved = config.plain(config.finalize(combo))

@@ -36,7 +36,7 @@ from graftbench.transfer.fit import DEFAULT_KNOTS
 from graftbench.transfer.schedule_file import Transfer, read, write
 from graftbench.transfer.source import from_run
 
-__all__ = ["complete", "keep", "read_kept", "record", "resolve"]
+__all__ = ["complete", "keep", "layer_names", "read_kept", "record", "resolve"]
 
 NAME = "transferred"
 
@@ -62,7 +62,7 @@ def complete(container: dict[str, Any], *, lr_given: bool) -> None:
     if not lr_given:
         magnitude["lr"] = transfer.direction_lr
     check_direction(transfer, magnitude)
-    check_layers(_layer_names(container["model"]), transfer)
+    check_layers(layer_names(container["model"]), transfer)
     schedule["sha256"] = transfer.content_hash
 
 
@@ -160,7 +160,7 @@ def _stamp(source: Path) -> tuple:
     return tuple(stamps)
 
 
-def _layer_names(model: Mapping[str, Any]) -> list[str]:
+def layer_names(model: Mapping[str, Any]) -> list[str]:
     """The trainable tensors of the model a config builds (on the meta device: no memory)."""
     import torch
 
