@@ -12,6 +12,12 @@ optimizer state.
     groups, factors = param_groups(model.named_parameters(), transfer, schedule, total_steps)
     optimizer = Graft(groups, transfer.direction)        # or torch.optim.SGD(groups, ...)
     scheduler = make_scheduler(optimizer, factors)
+
+From the command line: ``graftbench transfer RUN_DIR [--kind static|piecewise] [--out FILE]``
+writes the file, and ``graftbench train magnitude=<D> schedule=transferred
+schedule.source=FILE_OR_RUN_DIR`` trains D with it through the engine
+(:mod:`~graftbench.transfer.transferred`: the run's identity holds the content hash, its run
+directory a copy).
 """
 
 from graftbench.transfer.apply import (
