@@ -17,6 +17,7 @@ from graftbench.errors import UserError
 from graftbench.record import Exit, RunRecord
 from graftbench.report import collect, tables, transfers
 from graftbench.report.plots import plot_sweep
+from graftbench.sweep.grid import expand
 from graftbench.train import runner
 from graftbench.train.engine import state_bytes
 from graftbench.transfer.transferred import layer_names
@@ -167,6 +168,8 @@ def test_a_sweep_over_sources_trains_one_run_per_transfer(family, tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "schedule transfer: adagrad#sgd -> sgd alone" in result.stdout  # the sweep's report
+    assert (tmp_path / "sources" / "figures" / "transfer_adagrad-sgd.png").exists()
     runs = sorted((tmp_path / "sources").glob("*/run.json"))
     assert len(runs) == 2
     kinds = set()
@@ -177,6 +180,13 @@ def test_a_sweep_over_sources_trains_one_run_per_transfer(family, tmp_path):
         sha = rundir.read_yaml(path.parent / rundir.CONFIG)["schedule"]["sha256"]
         assert transfer.read(path.parent / rundir.TRANSFER).content_hash == sha
     assert kinds == {"static", "piecewise"}
+
+
+def test_two_sources_with_the_same_content_are_one_point_of_a_sweep(family):
+    static, run_dir = family["files"]["static"], family["source"]
+    with pytest.raises(UserError, match="are the same run") as err:
+        expand([*QUICK, *TRANSFERRED, f"schedule.source={static},{run_dir}"])
+    assert "\n" not in str(err.value)
 
 
 def test_two_gloo_processes_train_a_transferred_run_like_one(family, tmp_path):
@@ -327,6 +337,11 @@ def test_learning_rate_is_the_sources_unless_given(family, tmp_path):
         config.compose([*base, "peak_lr.sgd=0.2"])
     with pytest.raises(UserError, match=r"schedule\.source must be set"):
         config.compose([*QUICK, *TRANSFERRED])
+    odd = json.loads(static.read_text())
+    odd["source"]["schedule"] = {"name": "constant", "__class__": "os.system"}
+    (tmp_path / "odd.json").write_text(json.dumps(odd))
+    with pytest.raises(UserError, match=r"source\.schedule: schedule constant: unknown field"):
+        config.compose([*base[:-1], f"schedule.source={tmp_path / 'odd.json'}"])
     bad = transfer_file(tmp_path / "resnet20.json", ["model.depth=20"])
     with pytest.raises(UserError, match=r"of the transfer from .* is not in the model"):
         config.compose([*base[:-1], f"schedule.source={bad}"])

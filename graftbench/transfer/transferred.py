@@ -31,6 +31,7 @@ from typing import Any
 
 from graftbench import rundir
 from graftbench.errors import UserError
+from graftbench.optim.schedules import make_schedule
 from graftbench.transfer.apply import check_direction, check_layers
 from graftbench.transfer.fit import DEFAULT_KNOTS
 from graftbench.transfer.schedule_file import Transfer, read, write
@@ -63,6 +64,10 @@ def complete(container: dict[str, Any], *, lr_given: bool) -> None:
         magnitude["lr"] = transfer.direction_lr
     check_direction(transfer, magnitude)
     check_layers(layer_names(container["model"]), transfer)
+    try:  # the source's schedule, which this run follows too
+        make_schedule(transfer.source["schedule"], total_steps=1)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"the transfer's source.schedule: {err}") from None
     schedule["sha256"] = transfer.content_hash
 
 
