@@ -9,7 +9,8 @@ A run moves through named transitions, each a compare-and-set on ``run.json`` un
     release    queued                                      -> pending     (launch abandoned)
     start      queued or running with our token | pending | interrupted | failed* | stale
                                                            -> running     (this process)
-    measured   running                                     -> running     (sizes, threads, CPU)
+    measured   running                                     -> running     (sizes, threads, CPU,
+                                                                          optimizer state bytes)
     interrupt  running                                     -> interrupted (checkpointed: resumable)
     finish     running                                     -> done | diverged   (+ summary.json)
     fail       anything not finished                       -> failed            (+ summary.json)
