@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo transfer-demo bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ test: lint
 # The 3×3 grid of {sgd, adam, adagrad} on the bundled digits: table, spread and figures.
 demo: install
 	$(BIN)/graftbench sweep
+
+# Schedule transfer on the bundled digits: graft adagrad#sgd, transfer its per-layer implicit
+# schedule, train sgd alone with it, and compare (table --transfer, figures): a few minutes.
+transfer-demo: install
+	GRAFTBENCH=$(BIN)/graftbench bash scripts/transfer_demo.sh
 
 bench: install
 	$(BIN)/python scripts/bench_optim.py

@@ -71,6 +71,21 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
             "graftbench plot results/demo --metric top1 --out figures",
         ),
     ],
+    "transfer": [
+        (
+            "one multiplier per layer (the median of c), written next to the run",
+            "graftbench transfer results/demo/adagrad+sgd-s0-1a2b3c4d",
+        ),
+        (
+            "a piecewise-linear correction over training, written here",
+            "graftbench transfer results/demo/adagrad+sgd-s0-1a2b3c4d --kind piecewise "
+            "--out adagrad-sgd.json",
+        ),
+        (
+            "SGD alone with that schedule",
+            "graftbench train magnitude=sgd schedule=transferred schedule.source=adagrad-sgd.json",
+        ),
+    ],
     "sync": [
         ("the `wandb sync` command, not run", "graftbench sync results/demo --dry-run"),
         ("upload the demo's offline W&B runs", "graftbench sync results/demo"),
@@ -333,6 +348,14 @@ def table(
             "effects of M and D need).",
         ),
     ] = None,
+    transfer: Annotated[
+        bool,
+        typer.Option(
+            "--transfer",
+            help="Schedule transfer: D alone, M#D and D with the transferred schedule side by "
+            "side, with their optimizer-state memory.",
+        ),
+    ] = False,
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
@@ -341,23 +364,31 @@ def table(
     runs, problems = collect.collect(sweep_dir)
     if runs.empty:
         raise UserError(_no_runs(sweep_dir))
-    runs, outside = collect.split_grid(runs)
-    curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
-    built = tables.build_tables(runs, metric.split(",") if metric else None, curves=curves)
-    if compare is not None:
-        reference = tables.load_reference(compare)
-        text = "\n".join(
-            tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
-        )
+    metrics = metric.split(",") if metric else None
+    if transfer:
+        from graftbench.report import transfers
+
+        text = transfers.render(transfers.build(runs, metrics), fmt, decimals)
     else:
-        text = tables.render(built, fmt, decimals)
-    if not outside.empty:
-        listing = tables.render_outside(outside, fmt)
-        if listing:
-            text = f"{text.rstrip()}\n\n{listing}"
-        else:  # csv and json hold the grid's cells only
-            ids = ", ".join(outside["run_id"])
-            problems.append(f"not part of the sweep's grid, so not in the {fmt}: {ids}")
+        if collect.transferred(runs).any():
+            problems.append("runs with a transferred schedule are not M×D cells: see --transfer")
+        runs, outside = collect.split_grid(runs)
+        curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
+        built = tables.build_tables(runs, metrics, curves=curves)
+        if compare is not None:
+            reference = tables.load_reference(compare)
+            text = "\n".join(
+                tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
+            )
+        else:
+            text = tables.render(built, fmt, decimals)
+        if not outside.empty:
+            listing = tables.render_outside(outside, fmt)
+            if listing:
+                text = f"{text.rstrip()}\n\n{listing}"
+            else:  # csv and json hold the grid's cells only
+                ids = ", ".join(outside["run_id"])
+                problems.append(f"not part of the sweep's grid, so not in the {fmt}: {ids}")
     for problem in problems:
         typer.echo(f"note: {problem}", err=True)
     if out is None:
@@ -388,6 +419,41 @@ def plot(
         typer.echo(f"note: {message}", err=True)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+@app.command(epilog=_examples("transfer"))
+def transfer(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished grafted run, e.g. results/demo/adagrad+sgd-s0-…")
+    ],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="static: one multiplier per layer (the median of c) | piecewise: "
+            "piecewise-linear in the fraction of training, fitted"
+        ),
+    ] = "static",
+    knots: Annotated[
+        int | None, typer.Option(help="Knots of a piecewise fit (default 4).", min=2)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write here (default: RUN_DIR/transfer-<kind>.json).")
+    ] = None,
+) -> None:
+    """Distil a grafted run's per-layer ||dM||/||dD||, with its schedule divided out, into a
+    schedule for D alone: c(t) = ratio(t) / schedule(t), lr_layer(t) = lr_D · schedule(t) ·
+    c_layer(t). Train it with `graftbench train magnitude=<D> schedule=transferred
+    schedule.source=FILE`."""
+    from graftbench import transfer as transfers
+
+    extra = {} if knots is None else {"knots": knots}
+    made, path = transfers.distil(run_dir, kind, out=out, **extra)
+    typer.echo(f"wrote {path}")
+    typer.echo(made.describe())
+    typer.echo(
+        f"train D with it: graftbench train magnitude={made.direction['name']} "
+        f"schedule=transferred schedule.source={path}"
+    )
 
 
 @app.command(epilog=_examples("sync"))

@@ -156,7 +156,9 @@ def _as_hydra(reference: DictConfig, override: Override) -> str:
 
 
 def finalize(cfg: DictConfig) -> DictConfig:
-    """Resolve interpolations, make ``direction`` explicit, and check the run."""
+    """Resolve interpolations, complete a transferred schedule (see
+    :mod:`graftbench.transfer.transferred`), make ``direction`` explicit, and check the run."""
+    lr_given = _given(cfg, "magnitude", "lr")
     try:
         container = OmegaConf.to_container(
             cfg, resolve=True, throw_on_missing=True, enum_to_str=True
@@ -166,10 +168,24 @@ def finalize(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as err:
         raise UserError(_one_line(err)) from None
     assert isinstance(container, dict)
+    if container["schedule"].get("name") == schema.TRANSFERRED:
+        from graftbench.transfer import transferred  # scipy: only for such a run
+
+        transferred.complete(container, lr_given=lr_given)
     if container.get("direction") is None:
         container["direction"] = dict(container["magnitude"])
     check_run(container)
     return as_config(container)
+
+
+def _given(cfg: DictConfig, section: str, key: str) -> bool:
+    """Whether ``cfg[section][key]`` was set to a value (on the command line, by a sweep axis,
+    in an experiment file) rather than left to the schema's default, which for ``lr`` is the
+    interpolation ``${oc.select:peak_lr.<name>,<torch's default>}``."""
+    node = cfg.get(section)
+    return (
+        isinstance(node, DictConfig) and key in node and not OmegaConf.is_interpolation(node, key)
+    )
 
 
 def as_config(container: dict[str, Any]) -> DictConfig:
@@ -192,11 +208,30 @@ def check_run(container: dict[str, Any]) -> None:
             make_rule(container[role])
         except ValueError as err:
             raise UserError(f"{role}: {err}") from None
-    try:
-        make_schedule(container["schedule"], total_steps=1)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    if container["schedule"].get("name") == schema.TRANSFERRED:
+        _check_transferred(container)
+    else:
+        try:
+            make_schedule(container["schedule"], total_steps=1)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     batching.validate(container, container["trainer"]["devices"])
+
+
+def _check_transferred(container: dict[str, Any]) -> None:
+    """What a transferred run's config must say once completed (composing reads the source;
+    a stored identity is checked against the run directory's copy when it trains)."""
+    digest = container["schedule"].get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set(_HEX)):
+        raise UserError(f"schedule.sha256: expected a sha256 (64 hex digits), got {digest!r}")
+    if container["direction"] != container["magnitude"]:
+        raise UserError(
+            "schedule=transferred trains one optimizer, D, alone: choose it with "
+            "magnitude=<name> and leave direction out"
+        )
+
+
+_HEX = "0123456789abcdef"
 
 
 def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -211,6 +246,11 @@ def unused_overrides(container: dict[str, Any], keys: Sequence[str]) -> list[str
         elif key.startswith("peak_lr.") and key.split(".", 1)[1] not in used:
             problems.append(
                 f"{key} is set but this run uses {' and '.join(sorted(used))}; it would be ignored"
+            )
+        elif key.startswith("peak_lr.") and container["schedule"]["name"] == schema.TRANSFERRED:
+            problems.append(
+                f"{key} is set but schedule=transferred takes D's learning rate from the source "
+                "run; give magnitude.lr=... to change it"
             )
     return problems
 

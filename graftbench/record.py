@@ -9,7 +9,8 @@ A run moves through named transitions, each a compare-and-set on ``run.json`` un
     release    queued                                      -> pending     (launch abandoned)
     start      queued or running with our token | pending | interrupted | failed* | stale
                                                            -> running     (this process)
-    measured   running                                     -> running     (sizes, threads, CPU)
+    measured   running                                     -> running     (sizes, threads, CPU,
+                                                                          optimizer state bytes)
     interrupt  running                                     -> interrupted (checkpointed: resumable)
     finish     running                                     -> done | diverged   (+ summary.json)
     fail       anything not finished                       -> failed            (+ summary.json)
@@ -338,9 +339,16 @@ class RunRecord:
         if not ended:
             return
         keys = ("run_id", "label", "magnitude", "direction", "seed", "task")
+        optional = {k: ended[k] for k in ("transfer", "optimizer_state_bytes") if k in ended}
         rundir.write_json(
             self.dir / rundir.SUMMARY,
-            {**{k: ended.get(k) for k in keys}, "status": status, "error": error, **summary},
+            {
+                **{k: ended.get(k) for k in keys},
+                **optional,
+                "status": status,
+                "error": error,
+                **summary,
+            },
         )
 
     def _change(self, change: Any) -> dict[str, Any]:

@@ -7,6 +7,8 @@
         run.json        the run record: ids, status, owner, provenance (graftbench/record.py)
         metrics.jsonl   a header line, then one record per event (see ``METRIC_KINDS``)
         summary.json    final and best metrics, written when the run ends
+        transfer.json   a run of D with a transferred schedule: its own copy of the transfer
+                        (graftbench.transfer's format, with its own ``schema_version``)
         ckpt/           checkpoints (``last.pt``)
 
 Every file carries ``schema_version`` (2 since config.yaml holds the identity only; tables,
@@ -24,8 +26,11 @@ into a marked cell, never a crash.
 ``task``, ``overrides``, ``status`` (a :class:`Status`), ``owner`` (token, host, pid),
 ``slurm`` (job ids), ``created_at``/``queued_at``/``started_at``/``ended_at`` (ISO 8601 UTC),
 ``attempts``, ``step``, ``total_steps``, ``steps_per_epoch``, ``parameters``, ``threads``,
-``cpu_capability``, ``error``, ``interrupted_by``, ``diverged_step``, ``git`` (sha, dirty),
-``versions``, ``hardware``, ``command``.
+``cpu_capability``, ``optimizer_state_bytes`` (the tensors of the optimizer's state after the
+first step), ``transfer`` (a run with a transferred schedule: ``source_run_id``,
+``source_label``, ``kind``, ``sha256``; also in ``summary.json``), ``error``,
+``interrupted_by``, ``diverged_step``, ``git`` (sha, dirty), ``versions``, ``hardware``,
+``command``.
 
 ``sweep.json`` fields: ``name``, ``created_at``, ``base_overrides`` (applied to every run),
 ``grid`` (swept key -> list of values), ``config_hash`` (of the grid definition), and ``runs``: a
@@ -63,10 +68,11 @@ CONFIG = "config.yaml"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+TRANSFER = "transfer.json"
 CKPT = "ckpt"
 
 # Largest file a reader accepts: a results directory may come from anyone.
-MAX_BYTES = {SWEEP: 512 << 20, CONFIG: 1 << 20, RUN: 4 << 20, SUMMARY: 4 << 20}
+MAX_BYTES = {SWEEP: 512 << 20, CONFIG: 1 << 20, RUN: 4 << 20, SUMMARY: 4 << 20, TRANSFER: 64 << 20}
 MAX_METRICS_BYTES = 4 << 30
 
 # ``kind`` of the records in metrics.jsonl:

@@ -362,6 +362,56 @@ class SlurmLauncher:
     additional_parameters: dict[str, Any] = setting({}, "any other sbatch option")
 
 
+# -- the transferred schedule (graftbench.transfer) -----------------------------------------
+TRANSFERRED = "transferred"
+
+
+class TransferKind(StrEnum):
+    static = "static"
+    piecewise = "piecewise"
+
+
+@dataclass
+class TransferredSchedule:
+    """D alone with a grafted run's per-layer correction (``graftbench transfer``).
+
+    The identity holds what the run computes with, the transfer's content hash (``sha256``,
+    filled in when the config is composed); where it is read from and how a run directory is
+    distilled are execution: the run keeps its own copy (``transfer.json``) from the moment it
+    is prepared, and resumes, DDP ranks and SLURM jobs read that copy.
+    """
+
+    name: str = setting(
+        TRANSFERRED,
+        "D alone (magnitude=<D>, no direction) with lr_layer(t) = lr_D * schedule(t) * "
+        "c_layer(t), the source run's schedule and correction; lr_D: the source's unless "
+        "magnitude.lr is given",
+    )
+    source: str = setting(
+        MISSING,
+        "a transfer file (`graftbench transfer RUN_DIR`) or a finished grafted run directory "
+        "(distilled on the spot); read when the run is prepared, which keeps a copy",
+        execution=True,
+    )
+    kind: Optional[TransferKind] = setting(
+        None,
+        "static | piecewise: the fit when source is a run directory (null: static); a file must "
+        "be of this kind when it is set",
+        execution=True,
+    )
+    knots: Optional[int] = setting(
+        None,
+        "knots of a piecewise fit of a run directory (null: graftbench.transfer's default, 4)",
+        execution=True,
+        minimum=2,
+    )
+    sha256: Optional[str] = setting(
+        None,
+        "the transfer's content hash, part of the run's identity: filled in from source (set "
+        "it to pin the content: a source that hashes otherwise is an error)",
+    )
+
+
 # -- generated: optimizers and schedules ----------------------------------------------------
 def _optimizer_schema(name: str) -> type:
     """A rule's hyperparameters, with its own defaults. ``lr`` comes from the workload's
@@ -466,7 +516,8 @@ def optimizer_schemas() -> dict[str, type]:
 def schedule_schemas() -> dict[str, type]:
     from graftbench.optim.schedules import SCHEDULES
 
-    return {name: _schedule_schema(name) for name in sorted(SCHEDULES)}
+    generated = {name: _schedule_schema(name) for name in sorted(SCHEDULES)}
+    return {**generated, TRANSFERRED: TransferredSchedule}
 
 
 def schema_of(group: str, name: Any) -> type | None:

@@ -28,7 +28,7 @@ import typer
 from graftbench import cli, config, rundir
 from graftbench.optim.rules import RULES
 from tests.test_report import OPTIMIZERS, run_id, write_manifest, write_run
-from tests.train_helpers import REPO, env
+from tests.train_helpers import REPO, env, train_in_process
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -164,6 +164,18 @@ def test_every_example_in_the_help_runs(tmp_path):
     (tmp_path / "reference.csv").write_text(
         "M,sgd,adam,adagrad\nsgd,70.1,71.2,72.3\nadam,73.4,74.5,75.6\nadagrad,76.7,77.8,78.9\n"
     )
+    grafted = train_in_process(
+        tmp_path / "grafted",
+        "magnitude=adagrad",
+        "direction=sgd",
+        "model.width=4",
+        "trainer.max_steps=6",
+        "trainer.layer_log_every_steps=2",
+    )[1]
+    example = tmp_path / "results" / "demo" / "adagrad+sgd-s0-1a2b3c4d"  # the examples' run
+    example.mkdir()
+    for name in ("config.yaml", "run.json", "summary.json", "metrics.jsonl"):
+        (example / name).write_bytes((grafted / name).read_bytes())
     for command, examples in cli.EXAMPLES.items():
         for _, line in examples:
             words = shlex.split(line)[1:]

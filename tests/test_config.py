@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from graftbench import config
 from graftbench.errors import UserError
 from graftbench.optim.rules import RULES
+from tests.transfer_helpers import transfer_file
 
 REPO = Path(__file__).resolve().parent.parent
 # Options that only make sense with another choice: ImageNet and WMT14 have a mandatory root,
@@ -31,9 +32,12 @@ def all_options() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("group", "option"), all_options())
-def test_every_config_in_conf_composes(group, option):
+def test_every_config_in_conf_composes(group, option, tmp_path):
     key = "magnitude" if group == "optim" else group
-    cfg = config.compose([f"{key}={option}", *COMPANION.get((group, option), [])])
+    companion = COMPANION.get((group, option), [])
+    if (group, option) == ("schedule", "transferred"):  # needs a transfer for the model
+        companion = [f"schedule.source={transfer_file(tmp_path / 't.json')}"]
+    cfg = config.compose([f"{key}={option}", *companion])
     assert OmegaConf.select(cfg, "magnitude.name")
     assert cfg.direction == cfg.magnitude  # direction left out: the plain optimizer
 

@@ -42,20 +42,33 @@ RUN_COLUMNS = (
     "problem",
     "path",
     "in_grid",
+    "optimizer_state_bytes",
 )
+# a run of D with a transferred schedule (run.json's ``transfer``); NaN for every other run
+TRANSFER_PREFIX = "transfer."
+TRANSFER_COLUMNS = tuple(f"{TRANSFER_PREFIX}{k}" for k in ("source_run_id", "source_label", "kind"))
 OVERRIDE_PREFIX = "overrides."
 FINISHED = {s.value for s in Status if s.finished}
-SOURCE_FIELDS = (*IDENTITY, "task", "step", "total_steps", "wall_time_s", "diverged_step", "error")
+SOURCE_FIELDS = (
+    *IDENTITY,
+    "task",
+    "step",
+    "total_steps",
+    "wall_time_s",
+    "diverged_step",
+    "error",
+    "optimizer_state_bytes",
+)
 
 
 def collect(sweep_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
     """All runs of a sweep (or one run directory) as a DataFrame, and the reading problems.
 
-    Columns: :data:`RUN_COLUMNS`, then ``overrides.<key>`` for every swept value of the run's
-    grid point, then ``final.<metric>`` and ``best.<metric>`` from ``summary.json``.
-    ``in_grid`` is False for a run directory the sweep's manifest does not list (e.g. a
-    ``graftbench train`` with other settings into the same folder; see :func:`split_grid`);
-    without a manifest every run is the grid.
+    Columns: :data:`RUN_COLUMNS`, :data:`TRANSFER_COLUMNS`, then ``overrides.<key>`` for every
+    swept value of the run's grid point, then ``final.<metric>`` and ``best.<metric>`` from
+    ``summary.json``. ``in_grid`` is False for a run directory the sweep's manifest does not
+    list (e.g. a ``graftbench train`` with other settings into the same folder; see
+    :func:`split_grid`); without a manifest every run is the grid.
     ``magnitude`` and ``direction`` are categoricals in grid order. ``status`` is a
     :class:`~graftbench.rundir.Status` value, :data:`MISSING` or :data:`UNREADABLE`.
 
@@ -192,6 +205,7 @@ def _read_run(path: Path, entry: dict[str, Any], exists: bool) -> tuple[dict[str
     for source in (summary, run):  # run.json, when read, has the last word
         if source:
             row.update({k: source[k] for k in SOURCE_FIELDS if source.get(k) is not None})
+            row.update(_transfer(source.get("transfer")))
     if run and not entry:
         row.update(_overrides(run.get("overrides")))
 
@@ -212,6 +226,22 @@ def _read_run(path: Path, entry: dict[str, Any], exists: bool) -> tuple[dict[str
     row["status"] = status
     # a torn or future summary of an unfinished run is worth a note, not a marked cell
     return row, [summary_problem] if summary_problem else []
+
+
+def _transfer(transfer: Any) -> dict[str, Any]:
+    if not isinstance(transfer, Mapping):
+        return {}
+    fields = {c: transfer.get(c.removeprefix(TRANSFER_PREFIX)) for c in TRANSFER_COLUMNS}
+    return {k: v for k, v in fields.items() if isinstance(v, str)}
+
+
+def transferred(runs: pd.DataFrame) -> pd.Series:
+    """Which runs trained D with a transferred schedule: not cells of the M x D grid (see
+    :mod:`graftbench.report.transfers`)."""
+    column = f"{TRANSFER_PREFIX}source_run_id"
+    if column not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs[column].notna()
 
 
 def _read_optional(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -267,20 +297,20 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # -- the frame ------------------------------------------------------------------------------
 def _frame(rows: list[dict[str, Any]], grid: dict[str, list[Any]]) -> pd.DataFrame:
     runs = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
-    for column in RUN_COLUMNS:
+    for column in (*RUN_COLUMNS, *TRANSFER_COLUMNS):
         if column not in runs:
             runs[column] = None
     for name, planned in grid.items():
         values = runs[name].map(_optimizer_name)
         runs[name] = pd.Categorical(values, categories=grid_order(planned, values))
     runs["seed"] = pd.to_numeric(runs["seed"], errors="coerce").astype("Int64")
-    for column in ("step", "total_steps", "wall_time_s", "diverged_step"):
+    for column in ("step", "total_steps", "wall_time_s", "diverged_step", "optimizer_state_bytes"):
         runs[column] = pd.to_numeric(runs[column], errors="coerce")
     overrides = sorted(c for c in runs.columns if c.startswith(OVERRIDE_PREFIX))
     metrics = sorted(c for c in runs.columns if c.startswith(("final.", "best.")))
     for column in metrics:
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype(float)
-    return runs[[*RUN_COLUMNS, *overrides, *metrics]]
+    return runs[[*RUN_COLUMNS, *TRANSFER_COLUMNS, *overrides, *metrics]]
 
 
 def _optimizer_name(value: Any) -> Any:

@@ -9,6 +9,9 @@
 - ``step_size_correction``: the implicit step-size correction ||dM||/||dD|| (mean over layers,
   ``graft.ratio_mean``) over training for every pair with M != D, on a log scale.
 - ``layers_<M>-<D>``: the per-layer correction as a layer × step heatmap (log color scale).
+- ``transfer_<M>-<D>``: when runs of D have a schedule transferred from M#D, the discovered
+  per-layer correction and the curves of D alone, M#D and D + transferred
+  (:mod:`graftbench.report.transfer_plots`); those runs enter no other figure.
 
 Losses and perplexities are drawn on a log axis (on a linear one, any clustering shows only
 in the first steps), with the geometric mean over seeds; other metrics with the arithmetic
@@ -40,7 +43,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from graftbench.report.clustering import Clustering, cluster_curves
-from graftbench.report.collect import collect, load_curves
+from graftbench.report.collect import collect, load_curves, transferred
 from graftbench.report.tables import PREFERRED_METRICS
 
 FORMATS = ("png", "pdf")
@@ -77,11 +80,15 @@ def plot_sweep(
     and messages about what was skipped or could not be read; a sweep without any metrics yet
     gives no files and a message.
     """
-    runs, messages = collect(sweep_dir)
+    every_run, messages = collect(sweep_dir)
+    runs = every_run[~transferred(every_run)]  # D with a transferred schedule is no M#D cell
     curves, problems = load_curves(sweep_dir, kinds=("train", "eval"), runs=runs)
     messages += problems
     if curves.empty:
-        return [], [*messages, f"{sweep_dir}: no metrics recorded yet; nothing to plot"]
+        written, notes = _transfer_figures(sweep_dir, out_dir, every_run, formats)
+        if not written:
+            notes.append(f"{sweep_dir}: no metrics recorded yet; nothing to plot")
+        return written, [*messages, *notes]
     names = eval_metrics(curves, metrics)
     missing = [m for m in metrics or () if m.split(".")[-1] not in names]
     messages += [f"no eval record reports {m!r}; not drawn" for m in missing]
@@ -118,7 +125,22 @@ def plot_sweep(
             messages.append(f"no per-layer ratios recorded for {m}#{d}; no heatmap")
         else:
             written += save(heatmap, out, f"layers_{m}-{d}", formats)
-    return written, messages
+    transfer_files, transfer_messages = _transfer_figures(sweep_dir, out, every_run, formats)
+    return written + transfer_files, messages + transfer_messages
+
+
+def _transfer_figures(
+    sweep_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    runs: pd.DataFrame,
+    formats: Sequence[str],
+) -> tuple[list[Path], list[str]]:
+    """The figures of the runs with a transferred schedule, if there are any."""
+    if not transferred(runs).any():
+        return [], []
+    from graftbench.report.transfer_plots import plot_transfers
+
+    return plot_transfers(sweep_dir, out_dir, runs, formats)
 
 
 def save(

@@ -38,7 +38,13 @@ from tabulate import tabulate
 from graftbench.errors import UserError
 from graftbench.report import statistics
 from graftbench.report.clustering import Clustering, cluster_curves
-from graftbench.report.collect import MISSING, OVERRIDE_PREFIX, UNREADABLE, grid_order
+from graftbench.report.collect import (
+    MISSING,
+    OVERRIDE_PREFIX,
+    UNREADABLE,
+    grid_order,
+    transferred,
+)
 from graftbench.rundir import Status
 
 FORMATS = ("markdown", "latex", "csv", "json")
@@ -171,7 +177,9 @@ def build_tables(
         if reported and metric_column(metric) not in reported:
             names = ", ".join(c.removeprefix("final.") for c in reported)
             raise UserError(f"no run reports the metric {metric!r}; the runs report: {names}")
-    placed = runs[runs["magnitude"].notna() & runs["direction"].notna()]
+    placed = _placed(runs)
+    if placed.empty:  # e.g. a sweep of transferred runs only
+        return []
     split = _split_columns(placed)
     clusterings = _clusterings(placed, split, curves)
     return [table for metric in metrics for table in _pivot(placed, metric, split, clusterings)]
@@ -179,8 +187,14 @@ def build_tables(
 
 def build_table(runs: pd.DataFrame, metric: str, curves: pd.DataFrame | None = None) -> GridTable:
     """Pool all ``runs`` into one M × D table of ``metric``, whatever else they vary in."""
-    placed = runs[runs["magnitude"].notna() & runs["direction"].notna()]
+    placed = _placed(runs)
     return _pivot(placed, metric, [], _clusterings(placed, [], curves))[0]
+
+
+def _placed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that are cells of the M × D grid: a run of D with a transferred schedule is
+    not D#D (``graftbench table --transfer`` shows it)."""
+    return runs[runs["magnitude"].notna() & runs["direction"].notna() & ~transferred(runs)]
 
 
 def _clusterings(

@@ -93,9 +93,18 @@ def expand(overrides: Sequence[str]) -> Grid:
     if unused and all(unused):  # ignored by every run of the grid
         raise UserError(unused[0][0])
     ordered = [runs_by_point[_key(p)] for p in _product(axes)]
-    ids = [r.run_id for r in ordered]
-    if len(set(ids)) != len(ids):
-        raise UserError("the sweep has duplicate points (an axis repeats a value)")
+    seen: dict[str, RunSpec] = {}
+    for spec in ordered:
+        if spec.run_id in seen:
+            first, second = (
+                " ".join(_override(k, v) for k, v in s.point.items())
+                for s in (seen[spec.run_id], spec)
+            )
+            raise UserError(
+                f"the sweep has duplicate points: {first!r} and {second!r} are the same run "
+                f"{spec.run_id} (an axis repeats a value, or two values mean the same)"
+            )
+        seen[spec.run_id] = spec
     name = str(OmegaConf.select(base_cfg, "sweep.name"))
     estimate = OmegaConf.select(base_cfg, "sweep.device_hours_per_run", default=None)
     hours = None if estimate is None else float(estimate) * len(ordered)
@@ -223,6 +232,10 @@ def _points(
 ) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
     sources = _interpolation_sources(combo)
     fast = not any(_related(key, source) for key in axes for source in sources)
+    if OmegaConf.select(combo, "schedule.name") == schema.TRANSFERRED:
+        # finalize completes a transferred schedule from schedule.source (its content hash,
+        # D's learning rate): a point that changes the schedule is finalized on its own
+        fast = fast and not any(_related(key, "schedule") for key in axes)
     plain_direction = OmegaConf.select(combo, "direction") is None
     if fast:
         resolved = config.plain(config.finalize(combo))

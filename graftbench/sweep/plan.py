@@ -172,9 +172,16 @@ def _claim(
     slurm: dict[str, str],
     yaml_cache: dict[tuple[str, int], str],
 ) -> tuple[str | None, str | None]:
-    fields = runner.record_fields(spec.config, spec.run_id, spec.overrides)
+    transfer = runner.transfer_of(spec.config)
+    fields = runner.record_fields(spec.config, spec.run_id, spec.overrides, transfer)
     record = runner.prepare(
-        run_dir, spec.identity, fields, sync=False, create=exists, yaml_cache=yaml_cache
+        run_dir,
+        spec.identity,
+        fields,
+        sync=False,
+        create=exists,
+        yaml_cache=yaml_cache,
+        transfer=transfer,
     )
     if not exists:
         token = record.create_claimed(fields, sync=False)

@@ -111,7 +111,8 @@ def describe(grid: Grid, *, full: bool) -> str:
 
 
 def report(sweep_dir: Path, echo: Echo) -> None:
-    """What a finished sweep prints: the M×D tables, and where its figures are."""
+    """What a finished sweep prints: the M×D tables (and the schedule-transfer view when runs
+    of D have a transferred schedule), and where its figures are."""
     from graftbench.report import collect, tables
     from graftbench.report.plots import plot_sweep
 
@@ -121,6 +122,10 @@ def report(sweep_dir: Path, echo: Echo) -> None:
     built = tables.build_tables(runs, curves=curves)
     if built:
         echo(tables.render(built))
+    if collect.transferred(runs).any():
+        from graftbench.report import transfers
+
+        echo(transfers.render(transfers.build(runs)))
     written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")
     if written:
         echo(f"figures: {sweep_dir / 'figures'} ({len(written)} files)")

@@ -50,7 +50,8 @@ from torch.nn.parallel import DistributedDataParallel
 from graftbench import rundir
 from graftbench.batching import validate
 from graftbench.optim import Graft
-from graftbench.optim.schedules import make_schedule, make_scheduler
+from graftbench.optim.schedules import Schedule, make_schedule, make_scheduler
+from graftbench.schema import TRANSFERRED
 from graftbench.train import checkpoint
 from graftbench.train.distributed import Dist, all_gather_objects, all_reduce_sum, barrier
 from graftbench.train.logging import RunLogger
@@ -96,8 +97,19 @@ def numerics() -> dict[str, Any]:
 
 
 class Engine:
-    def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str, dist: Dist) -> None:
+    """``measured``: called once on each attempt, after its first step, with what only a
+    stepped optimizer knows (``optimizer_state_bytes``); the runner records it."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        run_id: str,
+        dist: Dist,
+        measured: Callable[..., None] | None = None,
+    ) -> None:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.measured = measured
         trainer = cfg.trainer
         validate(cfg, dist.world_size)  # before anything is built or written
         torch.set_num_threads(trainer.threads)  # part of the identity: it changes the numbers
@@ -109,22 +121,10 @@ class Engine:
         if trainer.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
-        self.optimizer = Graft(
-            _param_groups(model, cfg),
-            OmegaConf.to_container(cfg.magnitude),
-            OmegaConf.to_container(cfg.direction),
-            granularity=cfg.graft.granularity,
-            eps=cfg.graft.eps,
-        )
         self.steps_per_epoch = self.task.steps_per_epoch
         self.total_steps = trainer.epochs * self.steps_per_epoch
         self.last_step = min(self.total_steps, trainer.max_steps or self.total_steps)
-        schedule = make_schedule(
-            OmegaConf.to_container(cfg.schedule),
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
-        )
-        self.scheduler = make_scheduler(self.optimizer, schedule)
+        self.optimizer, self.scheduler = self._optimizer(model)
         if dist.distributed:
             model = DistributedDataParallel(
                 model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None
@@ -154,6 +154,39 @@ class Engine:
         self.diverged_step: int | None = None
         self.started = time.perf_counter()
         checkpoint.seed_everything(cfg.seed + 1_000_003 * dist.rank)
+
+    def _optimizer(self, model: torch.nn.Module) -> tuple[Graft, torch.optim.lr_scheduler.LambdaLR]:
+        """Graft(M, D) under the run's schedule; with ``schedule=transferred``, D alone with one
+        param group per layer, each driven by its own factor schedule(t) · c_layer(t) (the
+        source run's schedule over this run's steps, and the run directory's transfer)."""
+        cfg = self.cfg
+        groups = _param_groups(model, cfg)
+        transferred = cfg.schedule.name == TRANSFERRED
+        if transferred:
+            from graftbench import transfer as transfers
+            from graftbench.transfer.transferred import read_kept
+
+            kept = read_kept(self.run_dir, cfg.schedule.sha256)
+            base = self._schedule(kept.source["schedule"])
+            groups, factors = transfers.param_groups(
+                groups, kept, base, self.total_steps, lr=cfg.magnitude.lr
+            )
+        optimizer = Graft(
+            groups,
+            OmegaConf.to_container(cfg.magnitude),
+            OmegaConf.to_container(cfg.direction),
+            granularity=cfg.graft.granularity,
+            eps=cfg.graft.eps,
+        )
+        if transferred:
+            return optimizer, transfers.make_scheduler(optimizer, factors)
+        schedule = self._schedule(OmegaConf.to_container(cfg.schedule))
+        return optimizer, make_scheduler(optimizer, schedule)
+
+    def _schedule(self, spec: dict[str, Any]) -> Schedule:
+        return make_schedule(
+            spec, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
+        )
 
     def describe(self) -> dict[str, Any]:
         """What run.json records once the run is built: its size, and the numerics it runs
@@ -237,6 +270,9 @@ class Engine:
         """Train one step and do its logging; "diverged", "interrupted" or None (go on)."""
         trainer = self.cfg.trainer
         self.window.add(self._train_step(micro_batches))
+        if self.measured is not None:
+            self.measured(optimizer_state_bytes=state_bytes(self.optimizer))
+            self.measured = None  # once an attempt: the state's size does not change
         self.step += 1
         self.step_in_epoch += 1
         if self.step_in_epoch == self.steps_per_epoch:
@@ -494,6 +530,33 @@ class _Window:
         self.stats = list(state["stats"].to(device).unbind(0))
         self.checked = len(self.stats)
         self.start = time.perf_counter() - state["seconds"]
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors an optimizer keeps as state (its state and, for children on the
+    generic path, their state in the param groups), each storage counted once: the memory that
+    D alone saves over M#D. Scratch space reused every step is not state."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+
+    def walk(node: Any) -> None:
+        nonlocal total
+        if isinstance(node, torch.Tensor):
+            storage = node.untyped_storage()
+            key = (str(node.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list | tuple):
+            for value in node:
+                walk(value)
+
+    walk(list(optimizer.state.values()))
+    walk([group.get("child_state") for group in optimizer.param_groups])
+    return total
 
 
 def _first(count: int) -> Callable[[dict[str, Any]], bool]:

@@ -15,14 +15,17 @@ import os
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from graftbench import config, rundir
+from graftbench import config, rundir, schema
 from graftbench.errors import UserError
 from graftbench.record import AlreadyFinished, Exit, RunRecord
 from graftbench.rundir import RunDirError, Status
+
+if TYPE_CHECKING:
+    from graftbench.transfer import Transfer
 
 
 def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> Path:
@@ -32,16 +35,31 @@ def run_dir_for(cfg: DictConfig | dict[str, Any], run_id: str | None = None) -> 
 def prepare_run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """The run directory of a composed config, prepared (what `graftbench train` does)."""
     run_dir = run_dir_for(cfg)
-    prepare(run_dir, config.identity(cfg), record_fields(cfg, run_dir.name, overrides))
+    transfer = transfer_of(cfg)
+    fields = record_fields(cfg, run_dir.name, overrides, transfer)
+    prepare(run_dir, config.identity(cfg), fields, transfer=transfer)
     return run_dir
 
 
+def transfer_of(cfg: DictConfig | dict[str, Any]) -> Transfer | None:
+    """A composed config's transfer (``schedule=transferred``), read from its source and
+    checked against ``schedule.sha256``; None for any other schedule."""
+    if cfg["schedule"]["name"] != schema.TRANSFERRED:
+        return None
+    from graftbench.transfer import transferred
+
+    return transferred.resolve(cfg["schedule"])
+
+
 def record_fields(
-    cfg: DictConfig | dict[str, Any], run_id: str, overrides: Sequence[str] | None = None
+    cfg: DictConfig | dict[str, Any],
+    run_id: str,
+    overrides: Sequence[str] | None = None,
+    transfer: Transfer | None = None,
 ) -> dict[str, Any]:
-    """What run.json says about the run from the start: its id, what it trains, and the
-    overrides that made it (a sweep's grid point, or what `train` was given)."""
-    return {
+    """What run.json says about the run from the start: its id, what it trains, the overrides
+    that made it (a sweep's grid point, or what `train` was given) and its transfer, if any."""
+    fields = {
         "run_id": run_id,
         "overrides": list(overrides or []),
         "sweep": cfg["sweep"]["name"],
@@ -51,6 +69,11 @@ def record_fields(
         "seed": cfg["seed"],
         "task": cfg["data"]["task"],
     }
+    if transfer is not None:
+        from graftbench.transfer import transferred
+
+        fields["transfer"] = transferred.record(transfer)
+    return fields
 
 
 def prepare(
@@ -61,10 +84,11 @@ def prepare(
     sync: bool = True,
     create: bool = True,
     yaml_cache: dict[tuple[str, int], str] | None = None,
+    transfer: Transfer | None = None,
 ) -> RunRecord:
     """``run_dir`` with ``config.yaml`` (the identity) and a pending record (unless
     ``create`` is false: the caller creates it claimed); an existing directory must hold the
-    same identity."""
+    same identity. ``transfer`` (:func:`transfer_of`): the run directory keeps its own copy."""
     path = run_dir / rundir.CONFIG
     try:
         run_dir.mkdir(parents=True)  # new, and ours: nothing in it to check
@@ -85,6 +109,10 @@ def prepare(
             raise UserError(
                 f"cannot write {path}: {getattr(err, 'strerror', None) or err}"
             ) from None
+    if transfer is not None:
+        from graftbench.transfer import transferred
+
+        transferred.keep(run_dir, transfer)
     record = RunRecord(run_dir)
     if create:
         record.create(fields, sync=sync)
@@ -94,7 +122,14 @@ def prepare(
 def refuse_links(run_dir: Path) -> None:
     """A run directory, and every file graftbench reads or writes in it, must be itself: a
     symbolic link could lead out of the results (a results directory may come from anyone)."""
-    names = (rundir.RUN, rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.CKPT)
+    names = (
+        rundir.RUN,
+        rundir.CONFIG,
+        rundir.METRICS,
+        rundir.SUMMARY,
+        rundir.TRANSFER,
+        rundir.CKPT,
+    )
     for path in (run_dir, run_dir.parent, *(run_dir / name for name in names)):
         if path.is_symlink():
             raise UserError(f"{path} is a symbolic link; refusing to follow it")
@@ -155,7 +190,9 @@ def execute(run_dir: Path, cfg: DictConfig, token: str | None = None) -> Exit:
                 print(f"{run_dir}: already {done}, nothing to do")
                 return Exit.DONE
         try:
-            engine = Engine(cfg, run_dir, run_dir.name, dist)
+            engine = Engine(
+                cfg, run_dir, run_dir.name, dist, measured=record.measured if dist.main else None
+            )
             if dist.main:
                 record.measured(**engine.describe())
             outcome = engine.fit()

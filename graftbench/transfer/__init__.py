@@ -12,9 +12,21 @@ optimizer state.
     groups, factors = param_groups(model.named_parameters(), transfer, schedule, total_steps)
     optimizer = Graft(groups, transfer.direction)        # or torch.optim.SGD(groups, ...)
     scheduler = make_scheduler(optimizer, factors)
+
+From the command line: ``graftbench transfer RUN_DIR [--kind static|piecewise] [--out FILE]``
+writes the file, and ``graftbench train magnitude=<D> schedule=transferred
+schedule.source=FILE_OR_RUN_DIR`` trains D with it through the engine
+(:mod:`~graftbench.transfer.transferred`: the run's identity holds the content hash, its run
+directory a copy).
 """
 
-from graftbench.transfer.apply import LayerFactor, check_direction, make_scheduler, param_groups
+from graftbench.transfer.apply import (
+    LayerFactor,
+    check_direction,
+    check_layers,
+    make_scheduler,
+    param_groups,
+)
 from graftbench.transfer.fit import (
     DEFAULT_KNOTS,
     MIN_SCHEDULE_FACTOR,
@@ -46,6 +58,7 @@ __all__ = [
     "Source",
     "Transfer",
     "check_direction",
+    "check_layers",
     "corrections",
     "default_path",
     "distil",

@@ -27,7 +27,7 @@ from graftbench.optim.schedules import SCHEDULES, Schedule
 from graftbench.transfer.fit import interpolate
 from graftbench.transfer.schedule_file import Transfer
 
-__all__ = ["LayerFactor", "check_direction", "make_scheduler", "param_groups"]
+__all__ = ["LayerFactor", "check_direction", "check_layers", "make_scheduler", "param_groups"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def param_groups(
     difference.
     """
     groups = _named_groups(params)
-    names = [name for group in groups for name, _ in group["params"]]
-    _check_names(names, transfer)
+    check_layers([name for group in groups for name, _ in group["params"]], transfer)
     base_lr = transfer.direction_lr if lr is None else lr
     spec = _schedule_items(schedule)
     out: list[dict[str, Any]] = []
@@ -119,7 +118,8 @@ def _named_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _check_names(names: list[str], transfer: Transfer) -> None:
+def check_layers(names: list[str], transfer: Transfer) -> None:
+    """The model's trainable tensors (``names``) must be exactly the transfer's layers."""
     where = f"the transfer from {transfer.source['run_id']}"
     counts = f"(model: {len(names)} layers, transfer: {len(transfer.layers)})"
     known = set(transfer.layers)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graftbench import rundir
 from graftbench.errors import UserError
-from graftbench.rundir import write_text_atomic
 from graftbench.transfer.fit import Fit
 
 __all__ = ["DEFINITION", "FORMAT", "KINDS", "SCHEMA_VERSION", "Transfer", "read", "write"]
@@ -74,6 +74,27 @@ class Transfer:
         """sha256 of the content (canonical JSON): what a transferred run's identity holds."""
         text = json.dumps(self.to_json(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def describe(self) -> str:
+        """One line on what the transfer holds: the median over layers of c at the start and
+        the end of training (a static transfer: the multipliers' range) and the fit quality."""
+        label, d = self.source["label"], self.direction["name"]
+        head = f"{label} -> {d} alone: {self.kind} correction of {len(self.layers)} layers"
+        if self.kind == "static":
+            values = sorted(fit.values[0] for fit in self.layers.values())
+            shape = (
+                f"multipliers {values[0]:.3g} .. {_median(values):.3g} (median) .. {values[-1]:.3g}"
+            )
+        else:
+            first = _median([fit.values[0] for fit in self.layers.values()])
+            last = _median([fit.values[-1] for fit in self.layers.values()])
+            shape = f"c from {first:.3g} to {last:.3g} over training (median over layers)"
+        misses = [f.quality.get("rel_rmse") for f in self.layers.values()]
+        misses = sorted(m for m in misses if isinstance(m, int | float))
+        quality = (
+            f"; rel. RMSE median {_median(misses):.2g}, max {misses[-1]:.2g}" if misses else ""
+        )
+        return f"{head}, {shape}{quality}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,13 +141,18 @@ class Transfer:
 
 
 def read(path: Path) -> Transfer:
-    """The transfer file at ``path``, validated (raises :class:`UserError`)."""
+    """The transfer file at ``path``, validated (raises :class:`UserError`). Read like a run
+    directory's files (a results directory may come from anyone): never through a symbolic
+    link, at most ``rundir.MAX_BYTES[rundir.TRANSFER]`` bytes."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise UserError(f"{path}: no such transfer file")
+    if path.is_dir():
+        raise UserError(f"{path}: not a transfer file (a directory)")
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such transfer file") from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a transfer file ({type(err).__name__})") from None
+        text = rundir.read_text(path, rundir.MAX_BYTES[rundir.TRANSFER])
+    except rundir.RunDirError as err:
+        raise UserError(f"not a transfer file: {err}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -145,7 +171,7 @@ def write(transfer: Transfer, path: Path) -> None:
             read(path)
         except UserError:
             raise UserError(f"refusing to overwrite {path}: it is not a transfer file") from None
-    write_text_atomic(path, json.dumps(transfer.to_json(), indent=2) + "\n")
+    rundir.write_text_atomic(path, json.dumps(transfer.to_json(), indent=2) + "\n")
 
 
 def _layer_json(kind: str, name: str, fit: Fit) -> dict[str, Any]:
@@ -178,6 +204,12 @@ def _parse_layer(check: _Checker, kind: str, index: int, layer: Any) -> tuple[st
     check.that(isinstance(points, int) and not isinstance(points, bool), f"{where}: points")
     check.that(isinstance(quality, dict), f"{where}: quality must be an object")
     return name, Fit(knots, values, points, quality)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class _Checker:
