@@ -169,8 +169,8 @@ def test_every_example_in_the_help_runs(tmp_path):
         "magnitude=adagrad",
         "direction=sgd",
         "model.width=4",
-        "trainer.max_steps=6",
-        "trainer.layer_log_every_steps=2",
+        "trainer.max_steps=12",
+        "trainer.layer_log_every_steps=1",
     )[1]
     example = tmp_path / "results" / "demo" / "adagrad+sgd-s0-1a2b3c4d"  # the examples' run
     example.mkdir()
@@ -203,7 +203,7 @@ def complete_bash(words: list[str], tmp_path: Path) -> list[str]:
 
 def test_completion_of_commands_choices_keys_and_values(tmp_path):
     optimizers = config.groups()["optim"]
-    assert complete_bash(["graftbench", "tr"], tmp_path) == ["train"]
+    assert complete_bash(["graftbench", "tr"], tmp_path) == ["train", "transfer"]
     assert complete_bash(["graftbench", "list", "exp"], tmp_path) == ["experiments"]
     # bash splits `magnitude=ad` at "=": the words are magnitude, =, ad
     assert complete_bash(["graftbench", "train", "magnitude", "=", "ad"], tmp_path) == [
