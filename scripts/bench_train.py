@@ -27,16 +27,18 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from graftbench import config, rundir
+from graftbench.data import build_images
+from graftbench.models import build_model
 from graftbench.optim import Graft
+from graftbench.record import Exit
 from graftbench.train import runner
-from graftbench.train.tasks import build
 
 CPU = [
     "data=synthetic",
     "data.num_classes=10",
-    "data.source.image_size=32",
-    "data.source.train_size=20000",
-    "data.source.val_size=128",
+    "data.image_size=32",
+    "data.train_size=20000",
+    "data.val_size=128",
     "model=small_resnet",
     "model.depth=8",
     "model.width=16",
@@ -45,8 +47,8 @@ CPU = [
 ]
 GPU = [
     "data=synthetic",
-    "data.source.train_size=200000",
-    "data.source.val_size=256",
+    "data.train_size=200000",
+    "data.val_size=256",
     "model=resnet50",
     "trainer.batch_size=256",
     "trainer.device=cuda",
@@ -63,7 +65,6 @@ def engine(root: Path, overrides: list[str], steps: int) -> float:
         [
             *overrides,
             f"results_dir={root}",
-            "experiment=demo",
             f"trainer.max_steps={2 * steps}",
             f"trainer.log_every_steps={steps}",
             "trainer.layer_log_every_steps=0",
@@ -72,8 +73,8 @@ def engine(root: Path, overrides: list[str], steps: int) -> float:
             "trainer.progress=never",
         ]
     )
-    run_dir = runner.prepare(cfg)
-    if runner.execute(run_dir) != runner.EXIT_DONE:
+    run_dir = runner.prepare_run(cfg)
+    if runner.execute(run_dir, cfg) != Exit.DONE:
         raise SystemExit(f"the engine run failed: see {run_dir}")
     windows = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS) if r["kind"] == "train"]
     return windows[1]["samples_per_s"]
@@ -81,11 +82,11 @@ def engine(root: Path, overrides: list[str], steps: int) -> float:
 
 def bare(overrides: list[str], steps: int) -> float:
     """Samples/s of a plain loop: DataLoader, forward, cross entropy, backward, step."""
-    cfg = config.compose([*overrides, "experiment=demo"])
+    cfg = config.compose(overrides)
     device = torch.device("cuda" if cfg.trainer.device == "cuda" else "cpu")
-    data = build(cfg.data.source)
+    data = build_images(cfg.data)
     torch.manual_seed(cfg.seed)
-    model = build(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     channels_last = cfg.trainer.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

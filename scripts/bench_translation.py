@@ -34,6 +34,7 @@ from graftbench import config, rundir
 from graftbench.data.translation import PrepareSettings, TranslationData, prepare
 from graftbench.models.decoding import beam_search
 from graftbench.models.transformer import Transformer, transformer_config
+from graftbench.record import Exit
 from graftbench.train import runner
 
 OUTPUT_LENGTH = 64
@@ -109,8 +110,8 @@ def train_tokens_per_s(
             f"results_dir={root / name}",
         ]
     )
-    run_dir = runner.prepare(cfg)
-    if runner.execute(run_dir) != runner.EXIT_DONE:
+    run_dir = runner.prepare_run(cfg)
+    if runner.execute(run_dir, cfg) != Exit.DONE:
         raise SystemExit(f"the engine run failed: see {run_dir}")
     windows = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS) if r["kind"] == "train"]
     vocab = TranslationData(corpus).vocab.size
