@@ -159,6 +159,19 @@ def finalize(cfg: DictConfig) -> DictConfig:
     """Resolve interpolations, complete a transferred schedule (see
     :mod:`graftbench.transfer.transferred`), make ``direction`` explicit, and check the run."""
     lr_given = _given(cfg, "magnitude", "lr")
+    container = _resolved(cfg)
+    if container["schedule"].get("name") == schema.TRANSFERRED:
+        from graftbench.transfer import transferred  # scipy: only for such a run
+
+        transferred.complete(container, lr_given=lr_given)
+    if container.get("direction") is None:
+        container["direction"] = dict(container["magnitude"])
+    check_run(container)
+    return as_config(container)
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain data, interpolations resolved; a missing value is one line."""
     try:
         container = OmegaConf.to_container(
             cfg, resolve=True, throw_on_missing=True, enum_to_str=True
@@ -168,14 +181,7 @@ def finalize(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as err:
         raise UserError(_one_line(err)) from None
     assert isinstance(container, dict)
-    if container["schedule"].get("name") == schema.TRANSFERRED:
-        from graftbench.transfer import transferred  # scipy: only for such a run
-
-        transferred.complete(container, lr_given=lr_given)
-    if container.get("direction") is None:
-        container["direction"] = dict(container["magnitude"])
-    check_run(container)
-    return as_config(container)
+    return container
 
 
 def _given(cfg: DictConfig, section: str, key: str) -> bool:
@@ -588,16 +594,7 @@ def execution_for(ident: dict[str, Any], overrides: Sequence[str] = ()) -> dict[
     given = [o for o in overrides if parse([o])[0].key_or_group != "data"]
     cfg = compose_unresolved([f"data={data}", *given])
     # resolve execution interpolations (gpus_per_run: ${trainer.devices}) against the identity
-    merged = OmegaConf.merge(cfg, _identity_overlay(ident))
-    try:
-        container = OmegaConf.to_container(
-            merged, resolve=True, throw_on_missing=True, enum_to_str=True
-        )
-    except MissingMandatoryValue as err:
-        raise UserError(f"{err.full_key} must be set, e.g. {err.full_key}=...") from None
-    except OmegaConfBaseException as err:
-        raise UserError(_one_line(err)) from None
-    return execution(container)
+    return execution(_resolved(OmegaConf.merge(cfg, _identity_overlay(ident))))
 
 
 def _identity_overlay(ident: dict[str, Any]) -> DictConfig:
