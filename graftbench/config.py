@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import cache
@@ -39,6 +37,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from graftbench import batching, schema
 from graftbench.errors import UserError
+from graftbench.schema import Encoded, identity_hash
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROLES = ("magnitude", "direction")
@@ -442,46 +441,6 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 def execution(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Where and how a run executes: the execution keys of the resolved config."""
     return schema.split(cfg if isinstance(cfg, dict) else plain(cfg))[1]
-
-
-class Encoded:
-    """The canonical JSON of every dict inside ``root``, by ``id``; holding ``root`` keeps those
-    ids from being reused by other objects while this exists."""
-
-    def __init__(self, root: dict[str, Any]) -> None:
-        self.root = root
-        self.texts: dict[int, str] = {}
-
-        def walk(node: Any) -> None:
-            if isinstance(node, dict):
-                for child in node.values():
-                    walk(child)
-                self.texts[id(node)] = canonical_json(node, self)
-
-        walk(root)
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
-
-
-def canonical_json(value: Any, known: Encoded | None = None) -> str:
-    """JSON with sorted keys (``json``'s own formatting); dicts that ``known`` already encoded
-    are not encoded again (a sweep's points share most of their config)."""
-    if known is None or not isinstance(value, dict):
-        return _ENCODER.encode(value)
-    if id(value) in known.texts:
-        return known.texts[id(value)]
-    if not any(isinstance(v, dict) for v in value.values()):
-        return _ENCODER.encode(value)
-    body = ", ".join(
-        f"{_ENCODER.encode(str(k))}: {canonical_json(v, known)}" for k, v in sorted(value.items())
-    )
-    return "{" + body + "}"
-
-
-def identity_hash(ident: dict[str, Any], known: Encoded | None = None) -> str:
-    """A short hash of a run's identity (already split off its config)."""
-    return hashlib.sha256(canonical_json(ident, known).encode()).hexdigest()[:8]
 
 
 def config_hash(cfg: DictConfig | dict[str, Any], known: Encoded | None = None) -> str:

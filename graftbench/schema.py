@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
@@ -622,6 +624,47 @@ def merge(identity: dict[str, Any], execution: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = value
     return out
+
+
+# -- the identity's hash --------------------------------------------------------------------
+class Encoded:
+    """The canonical JSON of every dict inside ``root``, by ``id``; holding ``root`` keeps those
+    ids from being reused by other objects while this exists."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.texts: dict[int, str] = {}
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                for child in node.values():
+                    walk(child)
+                self.texts[id(node)] = canonical_json(node, self)
+
+        walk(root)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def canonical_json(value: Any, known: Encoded | None = None) -> str:
+    """JSON with sorted keys (``json``'s own formatting); dicts that ``known`` already encoded
+    are not encoded again (a sweep's points share most of their config)."""
+    if known is None or not isinstance(value, dict):
+        return _ENCODER.encode(value)
+    if id(value) in known.texts:
+        return known.texts[id(value)]
+    if not any(isinstance(v, dict) for v in value.values()):
+        return _ENCODER.encode(value)
+    body = ", ".join(
+        f"{_ENCODER.encode(str(k))}: {canonical_json(v, known)}" for k, v in sorted(value.items())
+    )
+    return "{" + body + "}"
+
+
+def identity_hash(ident: dict[str, Any], known: Encoded | None = None) -> str:
+    """A short hash of a run's identity (already split off its config)."""
+    return hashlib.sha256(canonical_json(ident, known).encode()).hexdigest()[:8]
 
 
 # -- bounds ---------------------------------------------------------------------------------

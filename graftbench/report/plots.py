@@ -44,9 +44,9 @@ from matplotlib.patches import Patch
 
 from graftbench.report.clustering import Clustering, cluster_curves
 from graftbench.report.collect import collect, load_curves, transferred
+from graftbench.report.figure_files import FORMATS, save
 from graftbench.report.tables import PREFERRED_METRICS
 
-FORMATS = ("png", "pdf")
 RATIO = "graft.ratio_mean"
 LAYER_PREFIX = "ratio."
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
@@ -141,17 +141,6 @@ def _transfer_figures(
     from graftbench.report.transfer_plots import plot_transfers
 
     return plot_transfers(sweep_dir, out_dir, runs, formats)
-
-
-def save(
-    figure: Figure, out_dir: str | os.PathLike[str], name: str, formats: Sequence[str] = FORMATS
-) -> list[Path]:
-    """``out_dir/name.<format>`` for each format; returns the paths."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    paths = [Path(out_dir) / f"{name}.{fmt}" for fmt in formats]
-    for path in paths:
-        figure.savefig(path, dpi=150)
-    return paths
 
 
 def eval_metrics(curves: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[str]:

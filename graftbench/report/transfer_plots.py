@@ -30,6 +30,7 @@ from graftbench import rundir
 from graftbench.errors import UserError
 from graftbench.report import transfers
 from graftbench.report.collect import load_curves
+from graftbench.report.figure_files import save
 
 PANEL = (4.6, 3.4)
 ROLE_COLORS = {
@@ -49,7 +50,6 @@ def plot_transfers(
 ) -> tuple[list[Path], list[str]]:
     """Write the figure of every pair transferred from; the files and messages about what
     could not be drawn. ``runs``: the sweep's :func:`~graftbench.report.collect.collect`."""
-    from graftbench.report.plots import save  # plots calls this module
 
     written: list[Path] = []
     messages: list[str] = []

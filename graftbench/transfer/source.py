@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graftbench import rundir
+from graftbench import rundir, schema
 from graftbench.errors import UserError
 from graftbench.optim.schedules import make_schedule
 from graftbench.transfer.fit import (
@@ -96,11 +96,9 @@ def read_source(run_dir: Path) -> Source:
         raise UserError(
             f"{run_dir}: every recorded step has a schedule factor below {MIN_SCHEDULE_FACTOR}"
         )
-    from graftbench.config import config_hash  # Hydra: only when a transfer is made
-
     info = {
         "run_id": run_id,
-        "config_hash": config_hash(cfg),
+        "config_hash": schema.identity_hash(schema.split(cfg)[0]),
         "label": record.get("label", f"{magnitude['name']}#{direction['name']}"),
         "magnitude": magnitude,
         "direction": direction,
