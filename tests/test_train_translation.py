@@ -23,6 +23,7 @@ def test_translation_trains_grafted_and_reports_validation_and_test_bleu(tmp_pat
             "magnitude.lr=5e-3",
             "magnitude.betas=[0.9,0.98]",
             "schedule=constant",
+            "schedule.warmup_steps=0",  # the recipe warms up for 4000 steps
             "trainer.precision=fp32",
             "trainer.device=cpu",
             "trainer.batch_size=64",
