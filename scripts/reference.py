@@ -30,9 +30,13 @@ import argparse
 import csv
 import io
 import json
+import os
+import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
@@ -50,12 +54,22 @@ FIGURES = ("curves", "clustering", "step_size_correction", "by_magnitude", "laye
 EXAMPLE_PAIR = ("adam", "sgd")  # the per-layer heatmap the README links
 FINAL = ("loss", "top1", "top5")
 WORDS = {"loss": "test loss", "top1": "top-1"}
+LOAD_EVERY_S = 5.0
 
 
 # -- running ----------------------------------------------------------------------------------
-def run_demo(runs_root: Path, overrides: Sequence[str] = ()) -> tuple[Path, float]:
+@dataclass(frozen=True)
+class Timing:
+    """A sweep's wall time, and the machine's mean 1-minute load average meanwhile (the wall
+    time of a sweep on a shared machine says little without it)."""
+
+    wall_s: float
+    load: float
+
+
+def run_demo(runs_root: Path, overrides: Sequence[str] = ()) -> tuple[Path, Timing]:
     """The demo grid (plus ``overrides``) in a new folder under ``runs_root``; returns the
-    sweep directory and the sweep's wall time in seconds."""
+    sweep directory and its :class:`Timing`."""
     from graftbench.record import Exit
     from graftbench.sweep import workflow
 
@@ -64,13 +78,25 @@ def run_demo(runs_root: Path, overrides: Sequence[str] = ()) -> tuple[Path, floa
     results_dir.mkdir(parents=True)
     command = [*DEMO, *overrides, f"results_dir={results_dir}"]
     print(f"graftbench sweep {' '.join(command)}", flush=True)
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(LOAD_EVERY_S):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
-    code = workflow.run(command, workflow.Options(), lambda line: print(line, flush=True))
-    wall = time.perf_counter() - started
+    try:
+        code = workflow.run(command, workflow.Options(), lambda line: print(line, flush=True))
+    finally:
+        done.set()
+    timing = Timing(time.perf_counter() - started, statistics.fmean(loads or [os.getloadavg()[0]]))
     if code is not Exit.DONE:
         sys.exit(f"the sweep ended with {code.name} ({results_dir}); nothing else was written")
-    print(f"sweep wall time: {wall:.0f} s", flush=True)
-    return results_dir / "demo", wall
+    print(f"sweep wall time: {timing.wall_s:.0f} s, mean load average {timing.load:.1f}")
+    return results_dir / "demo", timing
 
 
 def load(sweep_dir: Path) -> tuple[Any, list[Any]]:
@@ -86,7 +112,7 @@ def load(sweep_dir: Path) -> tuple[Any, list[Any]]:
 
 
 # -- the reference files ----------------------------------------------------------------------
-def write_reference(sweep_dir: Path, out: Path, wall_s: float | None) -> None:
+def write_reference(sweep_dir: Path, out: Path, timing: Timing | None) -> None:
     """Tables, per-run numbers, provenance and figures of the finished ``sweep_dir``."""
     from graftbench import rundir
     from graftbench.report import tables
@@ -107,7 +133,7 @@ def write_reference(sweep_dir: Path, out: Path, wall_s: float | None) -> None:
     for path in written:
         if path.stem not in FIGURES:
             path.unlink()
-    provenance = _provenance(sweep_dir, runs, wall_s)
+    provenance = _provenance(sweep_dir, runs, timing)
     provenance["decimals"] = {t.name: tables.decimals_for(t) for t in built}
     rundir.write_text_atomic(out / "provenance.json", json.dumps(provenance, indent=2) + "\n")
     print(f"wrote {out}")
@@ -131,7 +157,7 @@ def read_runs_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["run_id"]: row for row in csv.DictReader(f)}
 
 
-def _provenance(sweep_dir: Path, runs: Any, wall_s: float | None) -> dict[str, Any]:
+def _provenance(sweep_dir: Path, runs: Any, timing: Timing | None) -> dict[str, Any]:
     from graftbench import rundir
 
     records = [rundir.read_any_json(Path(p) / "run.json") for p in runs["path"]]
@@ -146,7 +172,8 @@ def _provenance(sweep_dir: Path, runs: Any, wall_s: float | None) -> dict[str, A
         "made_by": "make reference (scripts/reference.py)",
         "made_at": datetime.now(UTC).strftime("%Y-%m-%d"),
         "sweep_dir": _relative(sweep_dir),
-        "sweep_wall_s": None if wall_s is None else round(wall_s, 1),
+        "sweep_wall_s": None if timing is None else round(timing.wall_s, 1),
+        "load_average": None if timing is None else round(timing.load, 1),
         "runs": len(runs),
         "cells": int(runs.groupby(["magnitude", "direction"], observed=True).ngroups),
         "seeds": sorted(int(s) for s in runs["seed"].unique()),
@@ -159,13 +186,23 @@ def _provenance(sweep_dir: Path, runs: Any, wall_s: float | None) -> dict[str, A
             "peak_lr": config.get("peak_lr"),
             "granularity": config.get("graft", {}).get("granularity"),
         },
-        "git": [json.loads(g) for g in distinct(lambda r: r.get("git"))],
+        "git": _git(records),
         "versions": {k: first["versions"].get(k) for k in ("python", "torch", "numpy")},
         "cpu": [json.loads(c) for c in distinct(lambda r: r["hardware"].get("cpu"))],
         "cpu_count": first["hardware"].get("cpu_count"),
         "cpu_capability": [json.loads(c) for c in distinct(lambda r: r.get("cpu_capability"))],
         "threads": [json.loads(t) for t in distinct(lambda r: r.get("threads"))],
     }
+
+
+def _git(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each commit the runs were made from, dirty if any run saw uncommitted changes."""
+    commits: dict[str, bool] = {}
+    for record in records:
+        git = record.get("git") or {}
+        if git.get("sha"):
+            commits[git["sha"]] = commits.get(git["sha"], False) or bool(git.get("dirty"))
+    return [{"sha": sha, "dirty": dirty} for sha, dirty in sorted(commits.items())]
 
 
 def _relative(path: Path) -> str:
@@ -356,18 +393,22 @@ def _tables_markdown(reference: Path) -> list[str]:
 
 
 def _provenance_text(p: dict[str, Any]) -> str:
-    wall = p["sweep_wall_s"]
+    wall, load = p["sweep_wall_s"], p.get("load_average")
     wall_text = "" if wall is None else f" in {wall / 60:.1f} minutes of sweep wall time"
-    git = ", ".join(g["sha"][:10] + (" (dirty)" if g["dirty"] else "") for g in p["git"] if g)
+    if wall is not None and load is not None:
+        wall_text += f" (mean load average {load:.1f} on the {p['cpu_count']} cores meanwhile)"
+    git = ", ".join(g["sha"][:10] + (" (dirty)" if g["dirty"] else "") for g in p["git"])
     return (
         f"The reference ran on {'/'.join(p['cpu'])} ({p['cpu_count']} cores, "
         f"{'/'.join(p['cpu_capability'])} kernels){wall_text}, torch {p['versions']['torch']}, "
         f"git {git or 'unknown'}, on {p['made_at']}. Threads are part of a run's identity "
         "(`trainer.threads`), so the same command gives the same run ids and the same numbers "
         "bit for bit whatever `launcher.max_parallel` and whether `graftbench train` or "
-        "`graftbench sweep` started the run; another CPU's kernels (AVX2 instead of AVX512) "
-        "may change the last digits. `python scripts/reference.py --check results/demo` "
-        "compares your demo with the reference run by run."
+        "`graftbench sweep` started the run. Another CPU's kernels (AVX2 instead of AVX512, "
+        "another vendor's) may change the numbers: the last digits first, then, amplified by "
+        "training, by about the seed noise the CIs allow for. "
+        "`python scripts/reference.py --check results/demo` compares your demo with the "
+        "reference run by run."
     )
 
 
@@ -382,7 +423,12 @@ def _threads_text(reference: Path, link: str) -> str | None:
         return None
     two = check["threads"]["2"]
     digits = check["decimals"]
-    verdict = "holds" if check["holds"] else "does not hold"
+    differ = [part for part, same in check["agree"].items() if not same]
+    verdict = (
+        "The claim holds on both within its CIs"
+        if not differ
+        else f"The claim does not hold on both in every part: {'; '.join(differ)} differ"
+    )
     return (
         "With 2 threads per run instead of 1 (`trainer.threads=2`: other run ids, and numbers "
         f"that differ: cell means by up to {check['max_cell_difference']:.{digits}f}, against a "
@@ -390,7 +436,7 @@ def _threads_text(reference: Path, link: str) -> str | None:
         f"{headline(two)}; changing M moves the {WORDS['loss']} by "
         f"{interval(two['spread']['by_magnitude'], digits)}, changing D by "
         f"{interval(two['spread']['by_direction'], digits)}; {anova_text(two)}; "
-        f"{clustering_text(two)}. The claim {verdict} on both within its CIs "
+        f"{clustering_text(two)}. {verdict} "
         f"([`threads.json`]({link}/threads.json), `scripts/thread_check.py`)."
     )
 
@@ -439,8 +485,8 @@ def main() -> None:
     if args.check:
         sys.exit(check(args.check, args.out))
     if not args.readme_only:
-        sweep_dir, wall = (args.sweep, None) if args.sweep else run_demo(RUNS_ROOT)
-        write_reference(sweep_dir, args.out, wall)
+        sweep_dir, timing = (args.sweep, None) if args.sweep else run_demo(RUNS_ROOT)
+        write_reference(sweep_dir, args.out, timing)
     from graftbench import rundir
 
     readme = args.readme.read_text()

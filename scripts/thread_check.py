@@ -42,20 +42,29 @@ def within(x: dict[str, Any], ci: dict[str, Any]) -> bool:
     return ci["low"] is not None and ci["low"] <= x["estimate"] <= ci["high"]
 
 
-def compare(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
+def compare(one: dict[str, Any], two: dict[str, Any]) -> dict[str, bool]:
     """Which parts of the claim agree between the two grids (see the module docstring)."""
-    spreads = {
-        k: (one["statistics"]["spread"][k], two["statistics"]["spread"][k])
-        for k in ("by_magnitude", "by_direction")
+    s1, s2 = one["statistics"], two["statistics"]
+    c1, c2 = s1["clustering"], s2["clustering"]
+    return {
+        "which of M and D drives the result (ANOVA main effects)": (
+            reference.headline(one) == reference.headline(two)
+        ),
+        "M×D interaction (ANOVA)": (
+            ("M×D" in reference.significant(one)) == ("M×D" in reference.significant(two))
+        ),
+        **{
+            f"how far changing {term} moves {PRIMARY} (each within the other's CI)": (
+                within(s1["spread"][key], s2["spread"][key])
+                and within(s2["spread"][key], s1["spread"][key])
+            )
+            for term, key in (("M", "by_magnitude"), ("D", "by_direction"))
+        },
+        "clustering verdict of the training curves": c1["verdict"] == c2["verdict"],
+        "clustering ratio M/D (each within the other's CI)": (
+            within(c1["ratio"], c2["ratio"]) and within(c2["ratio"], c1["ratio"])
+        ),
     }
-    c1, c2 = one["statistics"]["clustering"], two["statistics"]["clustering"]
-    agree = {
-        "anova": reference.significant(one) == reference.significant(two),
-        "clustering verdict": c1["verdict"] == c2["verdict"],
-        "clustering ratio": within(c1["ratio"], c2["ratio"]) and within(c2["ratio"], c1["ratio"]),
-        **{f"spread {k}": within(a, b) and within(b, a) for k, (a, b) in spreads.items()},
-    }
-    return agree
 
 
 def cell_differences(one: dict[str, Any], two: dict[str, Any]) -> tuple[float, float]:
@@ -88,7 +97,8 @@ def main() -> None:
     sweeps, walls = {}, {}
     for threads, given in (("1", args.threads1), ("2", args.threads2)):
         if given is None:
-            given, walls[threads] = reference.run_demo(RUNS_ROOT, [f"trainer.threads={threads}"])
+            given, timing = reference.run_demo(RUNS_ROOT, [f"trainer.threads={threads}"])
+            walls[threads] = {"wall_s": round(timing.wall_s, 1), "load": round(timing.load, 1)}
         sweeps[threads] = given
     summaries = {t: summarize(d) for t, d in sweeps.items()}
     tables = {t: s[0] for t, s in summaries.items()}
@@ -109,7 +119,7 @@ def main() -> None:
         "metric": tables["1"]["metric"],
         "threads": tables,
         "runs": {t: s[1] for t, s in summaries.items()},
-        "sweep_wall_s": {t: round(w, 1) for t, w in walls.items()},
+        "sweep_timing": walls,
         "agree": agree,
         "holds": holds,
         "max_cell_difference": largest,

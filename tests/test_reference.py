@@ -15,6 +15,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -36,6 +37,7 @@ EFFECT = re.compile(
 def _script() -> Any:
     spec = importlib.util.spec_from_file_location("reference", ROOT / "scripts" / "reference.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -226,6 +228,47 @@ def test_figures_the_readme_shows_exist() -> None:
     assert any(link.endswith(".png") for link in links)
     for link in links:
         assert (ROOT / link).exists(), link
+
+
+def threads_mismatches(text: str, check: dict[str, Any]) -> list[str]:
+    """The thread-check paragraph against ``threads.json``."""
+    paragraph = next((p for p in text.split("\n\n") if p.startswith("With 2 threads")), None)
+    if paragraph is None:
+        return ["no paragraph on the thread check"]
+    problems = []
+    two = check["threads"]["2"]["statistics"]
+    spread = re.search(rf"moves the test loss by {CI}, changing D by {CI}", paragraph)
+    if not spread:
+        return ["the thread check does not say how far changing M and D move the test loss"]
+    for i, key in enumerate(("by_magnitude", "by_direction")):
+        shown = spread.groups()[3 * i : 3 * i + 3]
+        problems += _interval_mismatches(f"threads=2: spread {key}", shown, two["spread"][key])
+    bounds = re.search(
+        rf"cell means by up to {NUMBER}, against a median seed std of {NUMBER}", paragraph
+    )
+    if not bounds or not (
+        close(bounds.group(1), check["max_cell_difference"])
+        and close(bounds.group(2), check["median_seed_std"])
+    ):
+        problems.append("threads=2: the difference of cell means or the seed std is misstated")
+    if ("The claim holds on both" in paragraph) != check["holds"]:
+        problems.append(f"threads=2: the verdict is misstated (holds: {check['holds']})")
+    return problems
+
+
+def test_thread_check_paragraph_matches_threads_json() -> None:
+    path = REFERENCE / "threads.json"
+    if not path.exists():
+        assert "With 2 threads" not in section()
+        return
+    check = json.loads(path.read_text())
+    if set(check["runs"]["1"]) != set(reference.read_runs_csv(REFERENCE / "runs.csv")):
+        assert "With 2 threads" not in section(), "a thread check of other runs is shown"
+        return
+    assert threads_mismatches(section(), check) == []
+    changed = section().replace("The claim holds on both", "The claim does not hold on both")
+    changed = changed.replace("The claim does not hold on both in every", "The claim holds on both")
+    assert threads_mismatches(changed, check), "a changed verdict went unnoticed"
 
 
 def _bumped(text: str, old: str) -> str:
