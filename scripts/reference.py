@@ -306,14 +306,10 @@ def clustering_text(table: dict[str, Any]) -> str:
         term: c[key]["low"] > floor["high"]
         for term, key in (("M", "same_direction"), ("D", "same_magnitude"))
     }
+    word = {True: "beyond", False: "no farther than"}
     return (
-        text
-        + ", so "
-        + " and ".join(
-            f"changing {term} moves them {'beyond' if out else 'no farther than'} the seed-to-seed "
-            "noise"
-            for term, out in beyond.items()
-        )
+        f"{text}, so changing M moves them {word[beyond['M']]} the seed-to-seed noise, "
+        f"changing D {word[beyond['D']]} it"
     )
 
 
@@ -349,7 +345,10 @@ def render_section(reference: Path = REFERENCE) -> str:
         f"pairs differ by more than their seed noise: the 95% CIs of {apart} of the {pairs} "
         f"pairs of cells lie apart on it, of {apart_2} of {pairs_2} on top-1, which sits at "
         f"{min(means_2):.{decimals['top1']}f}–{max(means_2):.{decimals['top1']}f}% everywhere "
-        "(the recipe's comments give the measurements that chose the budget and the metric).",
+        "(the recipe's comments give the measurements that chose the budget and the metric). "
+        "M's step magnitude carries M's learning rate (the recipe's `peak_lr` of each optimizer, "
+        "assumed and not tuned per pair), so the answer holds for these learning rates and this "
+        "budget.",
         "",
         f"**{_sentence(headline(primary))}.** Changing M moves the {WORDS['loss']} by "
         f"{interval(spread['by_magnitude'], digits)} on average, changing D by "
