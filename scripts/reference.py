@@ -417,8 +417,10 @@ def _threads_text(reference: Path, link: str) -> str | None:
     if not path.exists():
         return None
     check = json.loads(path.read_text())
-    if sorted(check["runs"]["1"]) != sorted(read_runs_csv(reference / "runs.csv")):
-        print(f"{path}: measured on other runs than runs.csv; left out of the README")
+    primary = table_of(json.loads((reference / "table.json").read_text()), METRICS[0])
+    same_runs = sorted(check["runs"]["1"]) == sorted(read_runs_csv(reference / "runs.csv"))
+    if not same_runs or check["threads"]["1"]["cells"] != primary["cells"]:
+        print(f"{path}: measured on other runs or numbers than table.json; not in the README")
         return None
     two = check["threads"]["2"]
     digits = check["decimals"]
