@@ -423,6 +423,7 @@ def _threads_text(reference: Path, link: str) -> str | None:
         print(f"{path}: measured on other runs or numbers than table.json; not in the README")
         return None
     two = check["threads"]["2"]
+    spread = two["statistics"]["spread"]
     digits = check["decimals"]
     differ = [part for part, same in check["agree"].items() if not same]
     verdict = (
@@ -435,8 +436,8 @@ def _threads_text(reference: Path, link: str) -> str | None:
         f"that differ: cell means by up to {check['max_cell_difference']:.{digits}f}, against a "
         f"median seed std of {check['median_seed_std']:.{digits}f}), the same grid gives: "
         f"{headline(two)}; changing M moves the {WORDS['loss']} by "
-        f"{interval(two['spread']['by_magnitude'], digits)}, changing D by "
-        f"{interval(two['spread']['by_direction'], digits)}; {anova_text(two)}; "
+        f"{interval(spread['by_magnitude'], digits)}, changing D by "
+        f"{interval(spread['by_direction'], digits)}; two-way ANOVA {anova_text(two)}; "
         f"{clustering_text(two)}. {verdict} "
         f"([`threads.json`]({link}/threads.json), `scripts/thread_check.py`)."
     )
