@@ -387,8 +387,12 @@ def _threads(count: int) -> str:
 
 def _tables_markdown(reference: Path) -> list[str]:
     """``table.md`` with its headings one level down (they sit under the section's)."""
-    text = (reference / "table.md").read_text().rstrip("\n")
-    return [f"#{line}" if line.startswith("### ") else line for line in text.split("\n")] + [""]
+    lines = []
+    for line in (reference / "table.md").read_text().rstrip("\n").split("\n"):
+        if lines and lines[-1] and not lines[-1].startswith(("|", "#")) and line:
+            lines.append("")  # the legend and each note: a paragraph of its own
+        lines.append(f"#{line}" if line.startswith("### ") else line)
+    return [*lines, ""]
 
 
 def _provenance_text(p: dict[str, Any]) -> str:

@@ -87,7 +87,7 @@ def table_cells(text: str, metric: str) -> dict[tuple[str, str], tuple[str, ...]
 
 def claim(text: str) -> str:
     """The paragraph that states the answer (it opens with a bold sentence)."""
-    return next(p for p in text.split("\n\n") if p.startswith("**"))
+    return next(p for p in text.split("\n\n") if p.startswith("**") and "**:" not in p[:12])
 
 
 def mismatches(text: str, data: list[dict[str, Any]]) -> list[str]:
