@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo transfer-demo bench clean
+.PHONY: install test lint demo reference transfer-demo bench clean
 
 install: $(STAMP)
 
@@ -26,9 +26,16 @@ test: lint
 	bash scripts/install_slurm.sh
 	$(BIN)/python -m pytest
 
-# The 3×3 grid of {sgd, adam, adagrad} on the bundled digits: table, spread and figures.
+# The 3×3 grid of {sgd, adam, adagrad} on the bundled digits, 5 seeds per pair (45 runs of one
+# thread; conf/experiment/demo.yaml): it ends with the table of its primary metric, the test loss
+# (sweep.metrics), with its CIs, the ANOVA and the clustering of the training curves.
 demo: install
-	$(BIN)/graftbench sweep
+	$(BIN)/graftbench sweep experiment=demo
+
+# A fresh demo run into results/reference-runs/, then results/reference/demo/ (tables, runs,
+# figures) and README.md's demo section regenerated from it (scripts/reference.py).
+reference: install
+	$(BIN)/python scripts/reference.py
 
 # Schedule transfer on the bundled digits: graft adagrad#sgd, transfer its per-layer implicit
 # schedule, train sgd alone with it, and compare (table --transfer, figures): a few minutes.

@@ -152,6 +152,11 @@ class SweepConfig:
     device_hours_per_run: Optional[float] = setting(
         None, "an estimate, for `graftbench sweep --dry-run` to total up", minimum=0
     )
+    metrics: list[str] = setting(
+        [],
+        "the metrics a finished sweep reports (e.g. [loss]); empty: top1/top5, bleu or loss, "
+        "whichever the runs report",
+    )
 
 
 @dataclass

@@ -18,15 +18,16 @@ def assert_points_match_compose(grid, sample=None):
         assert config.run_id(composed) == run.run_id
 
 
-def test_demo_grid_is_the_papers_3x3():
+def test_demo_grid_is_the_papers_3x3_with_seeds():
     grid = expand(["experiment=demo"])
     assert grid.name == "demo"
-    assert [(r.magnitude, r.direction) for r in grid.runs] == [
+    assert list(dict.fromkeys((r.magnitude, r.direction) for r in grid.runs)) == [
         (m, d) for m in ("sgd", "adam", "adagrad") for d in ("sgd", "adam", "adagrad")
     ]
-    assert {r.seed for r in grid.runs} == {0}
-    assert grid.runs[1].run_id.startswith("sgd+adam-s0-")
-    assert_points_match_compose(grid)
+    assert {r.seed for r in grid.runs} == {0, 1, 2, 3, 4}
+    assert len(grid.runs) == 45
+    assert any(r.run_id.startswith("sgd+adam-s0-") for r in grid.runs)
+    assert_points_match_compose(grid, sample=5)
 
 
 def test_comma_lists_expand_to_the_cartesian_product():
@@ -83,7 +84,7 @@ def test_bad_grids_are_refused_before_anything_runs(overrides, message):
 
 def test_estimate_totals_device_hours():
     grid = expand(["experiment=demo", "sweep.device_hours_per_run=2.5"])
-    assert grid.estimate_device_hours == pytest.approx(9 * 2.5)
+    assert grid.estimate_device_hours == pytest.approx(len(grid.runs) * 2.5) == 45 * 2.5
 
 
 def test_execution_keys_do_not_change_run_ids_and_travel_apart():

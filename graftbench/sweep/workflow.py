@@ -68,7 +68,7 @@ def run(overrides: list[str], options: Options, echo: Echo) -> Exit:
 
     echo(render(collect(plan.sweep_dir)))
     if codes:
-        report(plan.sweep_dir, echo)
+        report(plan.sweep_dir, echo, first["sweep"]["metrics"] or None)
     if launcher.interrupted or any(code is Exit.INTERRUPTED for code in codes.values()):
         echo(f"interrupted: run the same command again to resume ({plan.sweep_dir})")
         return Exit.INTERRUPTED
@@ -110,22 +110,23 @@ def describe(grid: Grid, *, full: bool) -> str:
     return "\n".join(lines)
 
 
-def report(sweep_dir: Path, echo: Echo) -> None:
-    """What a finished sweep prints: the M×D tables (and the schedule-transfer view when runs
-    of D have a transferred schedule), and where its figures are."""
+def report(sweep_dir: Path, echo: Echo, metrics: list[str] | None = None) -> None:
+    """What a finished sweep prints: the M×D tables of ``metrics`` (default: what the runs
+    report), the schedule-transfer view when runs of D have a transferred schedule, and where
+    its figures are."""
     from graftbench.report import collect, tables
     from graftbench.report.plots import plot_sweep
 
     runs, _ = collect.collect(sweep_dir)
     runs, _ = collect.split_grid(runs)  # a run of another grid in the folder: not in its table
     curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
-    built = tables.build_tables(runs, curves=curves)
+    built = tables.build_tables(runs, metrics, curves=curves)
     if built:
         echo(tables.render(built))
     if collect.transferred(runs).any():
         from graftbench.report import transfers
 
-        echo(transfers.render(transfers.build(runs)))
+        echo(transfers.render(transfers.build(runs, metrics)))
     written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")
     if written:
         echo(f"figures: {sweep_dir / 'figures'} ({len(written)} files)")
