@@ -359,36 +359,16 @@ def table(
 ) -> None:
     """The paper's table: magnitude (rows) × direction (columns), mean ± std over seeds."""
     from graftbench import rundir
-    from graftbench.report import collect, tables
+    from graftbench.report.sweep_tables import sweep_tables
 
-    runs, problems = collect.collect(sweep_dir)
-    if runs.empty:
-        raise UserError(_no_runs(sweep_dir))
-    metrics = metric.split(",") if metric else None
-    if transfer:
-        from graftbench.report import transfers
-
-        text = transfers.render(transfers.build(runs, metrics), fmt, decimals)
-    else:
-        if collect.transferred(runs).any():
-            problems.append("runs with a transferred schedule are not M×D cells: see --transfer")
-        runs, outside = collect.split_grid(runs)
-        curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
-        built = tables.build_tables(runs, metrics, curves=curves)
-        if compare is not None:
-            reference = tables.load_reference(compare)
-            text = "\n".join(
-                tables.render_comparison(tables.compare(t, reference), fmt, decimals) for t in built
-            )
-        else:
-            text = tables.render(built, fmt, decimals)
-        if not outside.empty:
-            listing = tables.render_outside(outside, fmt)
-            if listing:
-                text = f"{text.rstrip()}\n\n{listing}"
-            else:  # csv and json hold the grid's cells only
-                ids = ", ".join(outside["run_id"])
-                problems.append(f"not part of the sweep's grid, so not in the {fmt}: {ids}")
+    text, problems = sweep_tables(
+        sweep_dir,
+        metric.split(",") if metric else None,
+        fmt=fmt,
+        decimals=decimals,
+        compare=compare,
+        transfer=transfer,
+    )
     for problem in problems:
         typer.echo(f"note: {problem}", err=True)
     if out is None:
@@ -533,25 +513,6 @@ def _terminal_width() -> int | None:
     if "COLUMNS" in os.environ or sys.stdout.isatty():
         return shutil.get_terminal_size().columns
     return None
-
-
-def _no_runs(folder: Path) -> str:
-    """What to say about a folder without runs: which folders under it hold some."""
-    from graftbench import rundir
-
-    def holds_runs(path: Path) -> bool:
-        if path.is_symlink() or not path.is_dir():
-            return False
-        if (path / rundir.SWEEP).is_file():
-            return True
-        try:
-            return any((child / rundir.RUN).is_file() for child in path.iterdir())
-        except OSError:
-            return False
-
-    inside = sorted(p.name for p in folder.iterdir() if holds_runs(p))
-    hint = f"; sweeps under it: {', '.join(inside)}" if inside else ""
-    return f"no runs in {folder} (a sweep folder holds <run id>/{rundir.RUN}){hint}"
 
 
 def main() -> None:

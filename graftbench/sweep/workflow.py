@@ -111,22 +111,13 @@ def describe(grid: Grid, *, full: bool) -> str:
 
 
 def report(sweep_dir: Path, echo: Echo, metrics: list[str] | None = None) -> None:
-    """What a finished sweep prints: the M×D tables of ``metrics`` (default: what the runs
-    report), the schedule-transfer view when runs of D have a transferred schedule, and where
-    its figures are."""
-    from graftbench.report import collect, tables
+    """What a finished sweep prints: the tables of ``metrics`` (default: what the runs report;
+    the schedule-transfer view too when runs of D have a transferred schedule), and where its
+    figures are."""
     from graftbench.report.plots import plot_sweep
+    from graftbench.report.sweep_tables import sweep_tables
 
-    runs, _ = collect.collect(sweep_dir)
-    runs, _ = collect.split_grid(runs)  # a run of another grid in the folder: not in its table
-    curves, _ = collect.load_curves(sweep_dir, kinds=("train",), runs=runs)
-    built = tables.build_tables(runs, metrics, curves=curves)
-    if built:
-        echo(tables.render(built))
-    if collect.transferred(runs).any():
-        from graftbench.report import transfers
-
-        echo(transfers.render(transfers.build(runs, metrics)))
+    echo(sweep_tables(sweep_dir, metrics, transfer=None)[0])
     written, _ = plot_sweep(sweep_dir, sweep_dir / "figures")
     if written:
         echo(f"figures: {sweep_dir / 'figures'} ({len(written)} files)")
