@@ -155,3 +155,27 @@ def test_workspace_is_reused_and_never_checkpointed():
     assert set(saved) == {"step", "magnitude", "direction"}
     assert set(saved["magnitude"]) == {"exp_avg", "exp_avg_sq"}
     assert set(saved["direction"]) == {"sum"}
+
+
+def test_sgd_alone_steps_the_weights_with_torchs_fused_kernel(monkeypatch):
+    """SGD alone (M#M) is one fused pass over weights, gradients and buffers, as torch's fused
+    SGD; a grafted SGD or another layout keeps the foreach path."""
+    assert rules_module.fused_kernel_works("sgd", "cpu")  # probed before we count calls
+    calls = []
+    kernel = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    sgd = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
+    ours, theirs = tiny_model(), tiny_model()
+    graft = Graft(ours.parameters(), sgd)
+    reference = torch.optim.SGD(
+        theirs.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4, fused=True
+    )
+    train(ours, graft, 5)
+    train(theirs, reference, 5)
+    assert len(calls) == 5 * 2  # ours and torch's, once per step each
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+    calls.clear()
+    grafted = tiny_model()
+    train(grafted, Graft(grafted.parameters(), sgd, "adam"), 2)
+    assert calls == []

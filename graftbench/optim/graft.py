@@ -272,7 +272,7 @@ class Graft(torch.optim.Optimizer):
         if self.magnitude.per_group:
             self._step_children("magnitude", buckets, direct=True)
         for b in buckets:
-            if not self.magnitude.per_group:
+            if not self.magnitude.per_group and not self._stepped_in_place(b):
                 update = self._update("magnitude", b, {})
                 self._decay(b)
                 if update.divisors is None:
@@ -285,6 +285,14 @@ class Graft(torch.optim.Optimizer):
                 lr_d = b.group["direction"]["lr"]
                 ratio = b.group["lr"] / lr_d if lr_d else 0.0  # dD = 0: the ratio is 0
                 self.last_step.append(_Record(b.names, None, None, ratio))
+
+    def _stepped_in_place(self, b: _Bucket) -> bool:
+        """M alone stepped the weights with its fused kernel (see ``Rule.step_weights``)."""
+        if not self.fused:
+            return False
+        states = [s["magnitude"] for s in b.states]
+        hp = self._hyperparams(b.group, "magnitude")
+        return self.magnitude.step_weights(b.params, b.grads, states, hp, b.step)
 
     def _buckets(self) -> list[_Bucket]:
         buckets: dict[tuple, _Bucket] = {}

@@ -94,7 +94,8 @@ class Rule:
     # The step is lr times something lr does not change, so two instances that differ only in
     # lr step in the same direction with norms in the ratio of their lrs (Graft's shortcut).
     linear_in_lr: ClassVar[bool] = True
-    # torch's fused kernel the rule runs when the caller passes fused=True ("adam", "adagrad").
+    # torch's fused kernel the rule runs when the caller passes fused=True ("adam", "adagrad";
+    # "sgd": only to step the weights of SGD alone, see ``step_weights``).
     fused_kernel: ClassVar[str | None] = None
     # Stepped once per param group by a persistent optimizer (the generic path) instead of
     # through ``update`` (see graftbench.optim.generic).
@@ -179,6 +180,18 @@ class Rule:
         """Fresh per-parameter state."""
         raise NotImplementedError
 
+    def step_weights(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        hp: Mapping[str, Any],
+        step: int,
+    ) -> bool:
+        """Step ``params`` in place with torch's fused kernel, when the rule alone is the step
+        (Graft(M, M)) and the kernel applies; False: the caller applies ``update``."""
+        return False
+
     def update(
         self,
         params: list[Tensor],
@@ -244,8 +257,8 @@ def _layouts_match(targets: list[Tensor], *others: list[Tensor]) -> bool:
 
 @functools.cache
 def fused_kernel_works(kernel: str, device_type: str) -> bool:
-    """Whether torch's private fused ``kernel`` ("adam" or "adagrad") runs on ``device_type`` with
-    the arguments the rules pass and computes what they expect; probed once per process.
+    """Whether torch's private fused ``kernel`` ("adam", "adagrad", "sgd") runs on ``device_type``
+    with the arguments the rules pass and computes what they expect; probed once per process.
 
     The kernels are private: another torch may lack them, rename an argument or change what they
     compute. Then the rules use foreach ops, with a warning, instead of failing mid-run.
@@ -262,6 +275,10 @@ def fused_kernel_works(kernel: str, device_type: str) -> bool:
         if kernel == "adam":
             _fused_adam([out], [grad], [state[0]], [state[1]], [], 1, 0.9, 0.999, 1e-8, False)
             expected = grad / (grad.abs() + 1e-8)  # Adam's first step from 0 with lr 1
+        elif kernel == "sgd":
+            hp = {"weight_decay": 0.0, "momentum": 0.9, "lr": 1.0, "dampening": 0.0}
+            _fused_sgd([out], [grad], [state[0]], {**hp, "nesterov": False}, first=True)
+            expected = grad  # SGD's first step from 0 with lr 1: the gradient
         else:
             _fused_adagrad([out], [grad], [state[0]], 1, 1.0, 1e-10)
             expected = grad / (grad.abs() + 1e-10)
@@ -276,6 +293,22 @@ def fused_kernel_works(kernel: str, device_type: str) -> bool:
             stacklevel=2,
         )
     return ok
+
+
+def _fused_sgd(params, grads, bufs, hp: Mapping[str, Any], *, first: bool) -> None:
+    """torch's SGD step with momentum, in place (coupled weight decay included)."""
+    torch._fused_sgd_(
+        params,
+        grads,
+        bufs,
+        weight_decay=float(hp["weight_decay"]),
+        momentum=float(hp["momentum"]),
+        lr=float(hp["lr"]),
+        dampening=float(hp["dampening"]),
+        nesterov=bool(hp["nesterov"]),
+        maximize=False,
+        is_first_step=first,
+    )
 
 
 def _fused_adam(out, grads, exp_avgs, exp_avg_sqs, maxima, step, beta1, beta2, eps, amsgrad):
@@ -349,6 +382,17 @@ class SGD(Rule):
 
     def init(self, param: Tensor, hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": _zeros(param)} if hp["momentum"] else {}
+
+    fused_kernel = "sgd"  # SGD alone only: one pass over weights, gradients and buffers
+
+    def step_weights(self, params, grads, states, hp, step):
+        if not hp["momentum"] or self.decoupled_decay(hp):
+            return False
+        bufs = [s["momentum_buffer"] for s in states]
+        if not _layouts_match(params, grads, bufs):
+            return False
+        _fused_sgd(params, grads, bufs, hp, first=step == 1)
+        return True
 
     def update(self, params, grads, states, hp, step, workspace=None, fused=False):
         grads = self.decayed_grads(params, grads, hp)
