@@ -49,7 +49,7 @@ def build(root: Path, runs_per_pair: int) -> int:
                     lr = round(1e-4 * 1.05**lr_index, 8)
                     entries.append(
                         {
-                            "run_id": f"{m}#{d}-lr{lr_index}-s{seed}",
+                            "run_id": f"{m}+{d}-lr{lr_index}-s{seed}",
                             "overrides": {"optim.lr": lr, "seed": seed},
                             "magnitude": m,
                             "direction": d,
