@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from graftbench.optim import Graft
+from graftbench.optim import graft as graft_module
 from graftbench.optim.reference import CopyRevertGraft
 from tests.optim_helpers import assert_same_weights, batch, tiny_model, train
 
@@ -32,10 +33,19 @@ FLOAT64 = dict(rtol=1e-12, atol=1e-12)
 PAIRS = list(itertools.product(PAPER, PAPER))
 
 
+@pytest.fixture(params=["whole", "per_tensor"])
+def cache_blocks(request, monkeypatch):
+    """On CPU a step runs over blocks of tensors: the tiny model fits in one block ("whole");
+    "per_tensor" makes every tensor a block of its own, as ResNet-50's large tensors are."""
+    if request.param == "per_tensor":
+        monkeypatch.setattr(graft_module, "_CACHE_BLOCK_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("granularity", ["layer", "global"])
 @pytest.mark.parametrize(("m", "d"), PAIRS)
-def test_graft_matches_copy_and_revert(m, d, granularity, dtype):
+def test_graft_matches_copy_and_revert(m, d, granularity, dtype, cache_blocks):
     ours, theirs = tiny_model().to(dtype), tiny_model().to(dtype)
     graft = Graft(ours.parameters(), PAPER[m][0], PAPER[d][0], granularity=granularity)
     assert graft.plain == (m == d)
@@ -110,7 +120,6 @@ def test_grafted_step_has_the_magnitude_of_m_and_the_direction_of_d():
 
 
 def test_norms_of_large_half_precision_tensors_are_taken_in_slices():
-    from graftbench.optim import graft as graft_module
     from graftbench.optim.rules import Update
 
     generator = torch.Generator().manual_seed(0)
@@ -158,7 +167,6 @@ def test_plain_shortcut_is_not_taken_for_a_step_not_proportional_to_lr():
 
 
 def test_fused_or_foreach_is_chosen_once_at_construction(monkeypatch):
-    from graftbench.optim import graft as graft_module
 
     model = tiny_model()
     assert Graft(model.parameters(), "adam", "sgd").fused
@@ -189,11 +197,13 @@ def test_a_changed_private_kernel_falls_back_to_foreach_with_a_warning(monkeypat
         rules.fused_kernel_works.cache_clear()
 
 
-def test_correction_is_recorded_on_the_device_and_summarised():
+def test_correction_is_recorded_on_the_device_and_summarised(cache_blocks):
     model = tiny_model()
     graft = Graft(model.named_parameters(), PAPER["adam"][0], PAPER["sgd"][0])
     train(model, graft, 3)
     assert all(isinstance(r.ratio, torch.Tensor) for r in graft.last_step)
+    blocks = 1 if cache_blocks == "whole" else len(list(model.parameters()))
+    assert len(graft.last_step) == blocks
     per_layer = graft.correction()
     assert set(per_layer) == {name for name, _ in model.named_parameters()}
     ratios = [v["ratio"] for v in per_layer.values()]

@@ -11,8 +11,9 @@ per parameter tensor (``granularity="layer"``) or with norms over all tensors
 
 Cost: M's update is reduced to its norms before D's is computed, in the same workspace (one
 scratch tensor per parameter, kept between steps, for the rules that need one); the grafted step
-is applied with one foreach pass. No weights are copied or reverted and nothing syncs with the
-host. Norms are taken in float32 for half-precision weights (in float64 for float64 ones); on
+is applied with one foreach pass. On CPU the step runs over blocks of a few MiB of tensors, so
+that each block's updates, norms and step reuse data still in cache. No weights are copied or
+reverted and nothing syncs with the host. Norms are taken in float32 for half-precision weights (in float64 for float64 ones); on
 CPU, a large half-precision tensor is reduced in slices, so no float32 copy of it is made.
 
 Implementation: ``fused=None`` (the default) runs torch's fused Adam/AdaGrad kernels where they
@@ -61,6 +62,8 @@ _RESERVED_GROUP_KEYS = {"params", "param_names", "lr", "initial_lr", CHILD_STATE
 # Half-precision tensors are reduced to float32 norms in slices of this many elements on CPU,
 # where torch would otherwise convert the whole tensor first.
 _NORM_SLICE = 1 << 18
+# A CPU step runs over blocks of tensors of about this size (see ``_cache_blocks``).
+_CACHE_BLOCK_BYTES = 4 << 20
 
 
 @dataclass
@@ -250,21 +253,29 @@ class Graft(torch.optim.Optimizer):
             self._plain_step(buckets)
             return loss
         generic = {role: self._step_children(role, buckets) for role in ROLES}
-        magnitude_norms = []
-        for b in buckets:  # M's update is reduced to its norms: D may reuse its workspace
-            update = self._update("magnitude", b, generic).materialised()
-            magnitude_norms.append(_norms(update))
-        directions = [self._update("direction", b, generic).materialised() for b in buckets]
-        direction_norms = [_norms(d) for d in directions]
-        ratios = self._ratios(magnitude_norms, direction_norms)
         self.last_step = []
-        for b, update, ratio, m_norm, d_norm in zip(
-            buckets, directions, ratios, magnitude_norms, direction_norms, strict=True
-        ):
-            self._decay(b)
-            _add_scaled(b.params, update.tensors, (ratio * update.scale).expand(len(b.params)))
-            self.last_step.append(_Record(b.names, m_norm, d_norm, ratio.expand(len(b.params))))
+        pending = []
+        for b in (piece for bucket in buckets for piece in _cache_blocks(bucket)):
+            # M's update is reduced to its norms first: D may reuse its workspace
+            m_norm = _norms(self._update("magnitude", b, generic).materialised())
+            direction = self._update("direction", b, generic).materialised()
+            d_norm = _norms(direction)
+            if self.granularity == "layer":  # applied while the block is still in cache
+                self._apply(b, direction, _safe_ratio(m_norm, d_norm, self.eps), m_norm, d_norm)
+            else:
+                pending.append((b, direction, m_norm, d_norm))
+        if pending:
+            ratio = self._global_ratio([p[2] for p in pending], [p[3] for p in pending])
+            for b, direction, m_norm, d_norm in pending:
+                self._apply(b, direction, ratio.to(m_norm.device), m_norm, d_norm)
         return loss
+
+    def _apply(self, b: _Bucket, direction: Update, ratio: Tensor, m_norm, d_norm) -> None:
+        """The grafted step of one bucket, ``ratio * dD``, recorded with its norms."""
+        self._decay(b)
+        ratios = ratio.expand(len(b.params))
+        _add_scaled(b.params, direction.tensors, ratios * direction.scale)
+        self.last_step.append(_Record(b.names, m_norm, d_norm, ratios))
 
     def _plain_step(self, buckets: list[_Bucket]) -> None:
         """M's step alone; records lr_M / lr_D where D is a separate rule (see the module doc)."""
@@ -384,15 +395,12 @@ class Graft(torch.optim.Optimizer):
         if rate:
             torch._foreach_mul_(b.params, 1 - b.group["lr"] * rate)
 
-    def _ratios(self, magnitude: list[Tensor], direction: list[Tensor]) -> list[Tensor]:
-        """||dM|| / (||dD|| + eps), 0 where ||dD|| = 0: per tensor, or one global value."""
-        if self.granularity == "global":
-            device = magnitude[0].device
-            m = torch.linalg.vector_norm(torch.cat([n.to(device) for n in magnitude]))
-            d = torch.linalg.vector_norm(torch.cat([n.to(device) for n in direction]))
-            ratio = _safe_ratio(m, d, self.eps)
-            return [ratio.to(n.device) for n in magnitude]
-        return [_safe_ratio(m, d, self.eps) for m, d in zip(magnitude, direction, strict=True)]
+    def _global_ratio(self, magnitude: list[Tensor], direction: list[Tensor]) -> Tensor:
+        """||dM|| / (||dD|| + eps) with norms over every tensor, 0 where ||dD|| = 0."""
+        device = magnitude[0].device
+        m = torch.linalg.vector_norm(torch.cat([n.to(device) for n in magnitude]))
+        d = torch.linalg.vector_norm(torch.cat([n.to(device) for n in direction]))
+        return _safe_ratio(m, d, self.eps)
 
     # -- the implicit step-size correction -------------------------------------------------
     def correction(self) -> dict[str, dict[str, float | None]]:
@@ -445,6 +453,37 @@ class Graft(torch.optim.Optimizer):
         return dict(zip(keys, values, strict=True))
 
 
+def _cache_blocks(bucket: _Bucket) -> list[_Bucket]:
+    """A CPU bucket in blocks of whole tensors of at most ``_CACHE_BLOCK_BYTES`` (a larger tensor
+    alone), so that the ops of a step run one after the other on data still in cache: on a
+    2-core CPU, 10-15% faster on ResNet-50's shapes than each op over every tensor. Each tensor's
+    arithmetic is unchanged. Elsewhere, the bucket whole: one kernel launch per op."""
+    if bucket.params[0].device.type != "cpu":
+        return [bucket]
+    blocks: list[list[int]] = [[]]
+    size = 0
+    for i, p in enumerate(bucket.params):
+        nbytes = p.numel() * p.element_size()
+        if blocks[-1] and size + nbytes > _CACHE_BLOCK_BYTES:
+            blocks.append([])
+            size = 0
+        blocks[-1].append(i)
+        size += nbytes
+    if len(blocks) == 1:
+        return [bucket]
+    pick = lambda items, block: None if items is None else [items[i] for i in block]  # noqa: E731
+    return [
+        _Bucket(
+            bucket.group,
+            bucket.step,
+            *(pick(items, block) for items in (bucket.params, bucket.grads, bucket.states)),
+            pick(bucket.names, block),
+            pick(bucket.workspace, block),
+        )
+        for block in blocks
+    ]
+
+
 def _add_scaled(params: list[Tensor], tensors: list[Tensor], coefficients: Tensor) -> None:
     """``params[i] += coefficients[i] * tensors[i]``, the coefficients at full precision.
 
@@ -466,11 +505,26 @@ def _norms(update: Update) -> Tensor:
     tensors = update.tensors
     dtypes = {t.dtype for t in tensors}
     dtype = functools.reduce(torch.promote_types, dtypes, torch.float32)
-    if dtypes != {dtype} and tensors[0].device.type == "cpu":
+    if tensors[0].device.type != "cpu":  # CUDA's foreach kernel accumulates half precision in
+        norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))  # float32, no copy
+    elif dtypes != {dtype}:
         norms = _sliced_norms(tensors, dtype)
-    else:  # CUDA's foreach kernel accumulates half precision in float32 without a copy
-        norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))
+    else:
+        norms = _dot_norms(tensors)
     return norms.mul_(abs(update.scale))
+
+
+def _dot_norms(tensors: list[Tensor]) -> Tensor:
+    """Norms of float32/float64 CPU tensors as sqrt(t . t): BLAS's dot reads memory about twice
+    as fast as torch's norm kernel on CPU (and summed 3M float32 normal numbers with a relative
+    error of 4e-5 against its 1e-4). Its rounding depends on the thread count (part of a run's
+    identity) and, with one thread, on where the data starts in memory: the same for every run,
+    as torch aligns each tensor it allocates to 64 bytes."""
+    squares = []
+    for t in tensors:
+        flat = t.reshape(-1)  # a view, except for a tensor that is not dense
+        squares.append(torch.dot(flat, flat))
+    return torch.stack(squares).sqrt_()
 
 
 def _sliced_norms(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
