@@ -162,3 +162,23 @@ def test_a_dead_owner_makes_a_run_resumable_but_an_unreachable_slurm_does_not():
     assert record.effective_status(on_slurm, {"123": "RUNNING"}) == "running"
     assert record.effective_status(on_slurm, {"123": ""}) == "interrupted"  # squeue forgot it
     assert record.effective_status(on_slurm, {"123": record.UNKNOWN}) == "running"
+
+
+def test_a_grid_grafts_onto_muon_shampoo_and_soap(tmp_path):
+    """The grid Shampoo's own users run (Adam/AdaGrad grafting), through the real CLI: the
+    3×4 grid expands, and one M's row of it trains to the end."""
+    grid = ["magnitude=sgd,adam,adagrad", "direction=adam,muon,shampoo,soap"]
+    dry = run("sweep", "--dry-run", "--list", *grid, f"results_dir={tmp_path}", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "12 runs" in dry.stdout and "adagrad+soap-s0-" in dry.stdout
+    args = ["sweep", "magnitude=adam", "direction=adam,muon,shampoo,soap", *TINY]
+    result = run(*args, "sweep.name=library", f"results_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = run_records(tmp_path / "library")
+    assert {name.split("-")[0] for name in records} == {
+        "adam+adam",
+        "adam+muon",
+        "adam+shampoo",
+        "adam+soap",
+    }
+    assert {r["status"] for r in records.values()} == {"done"}
