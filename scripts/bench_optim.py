@@ -37,8 +37,13 @@ timed the same way, interleaved, against that optimizer alone:
           floor is 1.0; for the others it is the generic path's overhead (shadows of the weights
           and gradients), reported.
 
+``--cpu-paths`` times, in one process and interleaved, what Graft's two CPU paths buy on each
+grafted pair: its step with cache blocks and dot-product norms (as shipped), without the blocks,
+without the dot products, and without either, each as a ratio to the shipped step.
+
     python scripts/bench_optim.py [--quick] [--device cuda] [--dtype bfloat16] [--json PATH]
     python scripts/bench_optim.py --rules [--quick]
+    python scripts/bench_optim.py --cpu-paths [--pairs M#D ...]
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ import torchvision
 
 from graftbench.models.resnet import resnet_small
 from graftbench.optim import Graft
+from graftbench.optim import graft as graft_module
 from graftbench.optim.reference import CopyRevertGraft
 
 # name -> (torch.optim class, hyperparameters that Graft's rule of the same name takes too)
@@ -391,6 +397,56 @@ def rules_main(args: argparse.Namespace, setup: Setup) -> None:
         print(f"figures written to {args.json}")
 
 
+# -- Graft's CPU paths ----------------------------------------------------------------------
+
+CPU_PATHS = {  # variant -> (cache blocks, dot-product norms)
+    "shipped": (True, True),
+    "no blocks": (False, True),
+    "no dot": (True, False),
+    "neither": (False, False),
+}
+
+
+def time_cpu_paths(pair: str, shapes: list[torch.Size], setup: Setup, repeats: int) -> dict:
+    """Per-repetition step times of Graft(M, D) with each CPU path switched on or off."""
+    m, d = pair.split("#")
+    spec = {name: {"name": name, **OPTIMIZERS[name][1]} for name in (m, d)}
+    shipped = (graft_module._CACHE_BLOCK_BYTES, graft_module._dot_norms)
+
+    def foreach_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(torch._foreach_norm(tensors, 2))
+
+    def step(graft: Graft, blocks: bool, dot: bool) -> None:
+        graft_module._CACHE_BLOCK_BYTES = shipped[0] if blocks else sys.maxsize
+        graft_module._dot_norms = shipped[1] if dot else foreach_norms
+        try:
+            graft.step()
+        finally:
+            graft_module._CACHE_BLOCK_BYTES, graft_module._dot_norms = shipped
+
+    variants = {}
+    for name, (blocks, dot) in CPU_PATHS.items():
+        graft = Graft(setup.params(shapes), spec[m], spec[d])
+        variants[name] = [functools.partial(step, graft, blocks, dot)]
+    return _interleave(variants, setup, repeats)
+
+
+def cpu_paths_main(args: argparse.Namespace, setup: Setup, shapes: list[torch.Size]) -> None:
+    print(f"Graft's CPU paths, ResNet-50 shapes, {args.repeats} interleaved repetitions")
+    header = f"{'pair':16s}" + "".join(f"{name + ' ms':>14s}" for name in CPU_PATHS)
+    print(header + "   ratios to shipped")
+    print("-" * (len(header) + 20))
+    for pair in args.pairs:
+        if len(set(pair.split("#"))) == 1:
+            continue  # M#M is M alone: neither path is taken
+        samples = time_cpu_paths(pair, shapes, setup, args.repeats)
+        times = "".join(f"{statistics.median(samples[name]):14.1f}" for name in CPU_PATHS)
+        ratios = " / ".join(
+            f"{_median_ratio(samples, name, 'shipped'):.2f}" for name in list(CPU_PATHS)[1:]
+        )
+        print(f"{pair:16s}{times}   {ratios}", flush=True)
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -473,6 +529,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rules", action="store_true", help="time muon, shampoo, soap and the generic path"
     )
+    parser.add_argument(
+        "--cpu-paths", action="store_true", help="time Graft with its CPU paths on and off"
+    )
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -493,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [p.shape for p in torchvision.models.resnet50().parameters()]
     if args.memory_probe:
         print(json.dumps(measure_memory(args.pairs, shapes, setup)))
+        return
+    if args.cpu_paths:
+        cpu_paths_main(args, setup, shapes)
         return
     print(
         f"ResNet-50 shapes: {len(shapes)} tensors, {sum(s.numel() for s in shapes) / 1e6:.1f}M "

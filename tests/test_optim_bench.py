@@ -67,3 +67,11 @@ def test_library_rules_are_timed_against_the_optimizers_alone(bench, capsys):
     out = capsys.readouterr().out
     assert "generic path alone (nadam#nadam)" in out and "adam#soap" in out
     json.dumps({"floors": checks, "rules": results})
+
+
+def test_cpu_paths_are_switched_for_one_step_and_restored(bench):
+    setup = bench.Setup("cpu", torch.float32, "default")
+    shipped = (bench.graft_module._CACHE_BLOCK_BYTES, bench.graft_module._dot_norms)
+    samples = bench.time_cpu_paths("sgd#adagrad", SHAPES, setup, repeats=2)
+    assert {k: len(v) for k, v in samples.items()} == {k: 2 for k in bench.CPU_PATHS}
+    assert (bench.graft_module._CACHE_BLOCK_BYTES, bench.graft_module._dot_norms) == shipped

@@ -456,10 +456,9 @@ class Graft(torch.optim.Optimizer):
 
 def _cache_blocks(bucket: _Bucket) -> list[_Bucket]:
     """A CPU bucket in blocks of whole tensors of at most ``_CACHE_BLOCK_BYTES`` (a larger tensor
-    alone), so that the ops of a step run one after the other on data still in cache (on a
-    2-core CPU and ResNet-50's shapes, up to a fifth faster for pairs with Adam than each op over
-    every tensor, about even for SGD with AdaGrad). Each tensor's arithmetic is unchanged.
-    Elsewhere, the bucket whole: one kernel launch per op."""
+    alone), so that the ops of a step run one after the other on data still in cache
+    (``scripts/bench_optim.py --cpu-paths`` prints what this and ``_dot_norms`` save). Each
+    tensor's arithmetic is unchanged. Elsewhere, the bucket whole: one kernel launch per op."""
     if bucket.params[0].device.type != "cpu":
         return [bucket]
     blocks: list[list[int]] = [[]]
