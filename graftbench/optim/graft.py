@@ -271,7 +271,9 @@ class Graft(torch.optim.Optimizer):
                 self._apply(b, direction, ratio.to(m_norm.device), m_norm, d_norm)
         return loss
 
-    def _apply(self, b: _Bucket, direction: Update, ratio: Tensor, m_norm, d_norm) -> None:
+    def _apply(
+        self, b: _Bucket, direction: Update, ratio: Tensor, m_norm: Tensor, d_norm: Tensor
+    ) -> None:
         """The grafted step of one bucket, ``ratio * dD``, recorded with its norms."""
         self._decay(b)
         ratios = ratio.expand(len(b.params))
