@@ -49,16 +49,10 @@ TRANSFER_PREFIX = "transfer."
 TRANSFER_COLUMNS = tuple(f"{TRANSFER_PREFIX}{k}" for k in ("source_run_id", "source_label", "kind"))
 OVERRIDE_PREFIX = "overrides."
 FINISHED = {s.value for s in Status if s.finished}
-SOURCE_FIELDS = (
-    *IDENTITY,
-    "task",
-    "step",
-    "total_steps",
-    "wall_time_s",
-    "diverged_step",
-    "error",
-    "optimizer_state_bytes",
-)
+# the columns collect() works out itself; every other run column is copied from summary.json
+# and run.json as they record it
+COMPUTED_COLUMNS = ("status", "problem", "path", "in_grid")
+SOURCE_FIELDS = tuple(c for c in RUN_COLUMNS if c not in COMPUTED_COLUMNS)
 
 
 def collect(sweep_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
