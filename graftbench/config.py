@@ -315,15 +315,10 @@ _MISSING = object()
 def check_value(base: DictConfig, override: Override) -> None:
     """Unknown keys and wrong types, against the config composed without value overrides."""
     if not override.is_delete():
-        check_key_value(
-            base,
-            override.key_or_group,
-            override.value(),
-            adding=override.is_add() or override.is_force_add(),
-        )
+        check_key_value(base, override.key_or_group, override.value())
 
 
-def check_key_value(base: DictConfig, key: str, *values: Any, adding: bool = False) -> None:
+def check_key_value(base: DictConfig, key: str, *values: Any) -> None:
     """``key`` exists in ``base`` and each of ``values`` fits its type (the schema's)."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(base, parent, default=_MISSING) if parent else base
